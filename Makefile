@@ -1,0 +1,36 @@
+# Everything starts from a fresh clone: the first target that needs it builds .venv/.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: test lint typecheck unit redis bench soak clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[test]'
+	touch $(STAMP)
+
+redis: $(STAMP)
+	PYTHON=$(BIN)/python scripts/ensure-redis.sh
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+
+typecheck: $(STAMP)
+	$(BIN)/mypy
+
+unit: $(STAMP) redis
+	$(BIN)/python -m pytest -q
+
+test: lint typecheck unit
+
+bench: $(STAMP) redis
+	@for b in bench/*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done
+
+soak: $(STAMP) redis
+	$(BIN)/python -m pytest -q -m soak --run-soak
+
+clean:
+	rm -rf $(VENV) var .mypy_cache .ruff_cache .pytest_cache

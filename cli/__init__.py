@@ -1,0 +1,1 @@
+"""The ``memory-worker`` operator CLI: thin click commands over ``memory_worker``."""

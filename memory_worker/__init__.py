@@ -1,0 +1,14 @@
+"""memory_worker: a chat application's Zep memory, safe to depend on.
+
+``celery -A memory_worker worker|beat`` finds the Celery application here.
+"""
+
+from __future__ import annotations
+
+from memory_worker.logs import install as _install_logging
+
+_install_logging()
+
+from memory_worker.celery_app import app  # noqa: E402
+
+__all__ = ["app"]

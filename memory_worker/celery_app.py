@@ -1,0 +1,102 @@
+"""The Celery application: ``celery -A memory_worker worker|beat``.
+
+Configuration is computed from ``Settings`` when Celery first needs it, not at
+import; a bad environment stops ``celery worker`` and ``celery beat`` with one
+line naming the variable (see ``_check_configuration``).
+"""
+
+from __future__ import annotations
+
+import sys
+from datetime import timedelta
+from typing import Any
+
+from celery import Celery, signals
+from kombu import Queue
+
+from memory_worker.config import Settings
+from memory_worker.errors import ConfigError
+
+WRITE_QUEUE = "memory_writes"
+CONTROL_QUEUE = "memory_control"
+MIRROR_TASK = "memory.mirror_message"
+PROBE_TASK = "memory.probe_recovery"
+
+# The longest a write waits between two attempts (SPEC §6: backoff capped at
+# 300 s; a 429's Retry-After is capped at 300 s too) plus its jitter.
+LONGEST_RETRY_COUNTDOWN_S = 330
+# A task that is not acknowledged within the visibility timeout is handed to
+# another worker by the Redis transport. Retries are scheduled with an ETA and
+# held unacknowledged by the worker until then, so the timeout must exceed the
+# longest countdown by a wide margin, or a waiting retry would run twice.
+VISIBILITY_TIMEOUT_S = 3600
+# One attempt: session creation plus up to four chunk batches at the write
+# budget each; the soft limit lets the task record its state before the kill.
+TASK_SOFT_TIME_LIMIT_S = 50
+TASK_TIME_LIMIT_S = 60
+
+
+def celery_config(settings: Settings) -> dict[str, Any]:
+    return {
+        "broker_url": settings.broker_url,
+        "broker_connection_retry_on_startup": True,
+        # A broker that does not answer must not hang a web handler's enqueue:
+        # the caller spools to the outbox instead (SPEC §6).
+        "broker_connection_timeout": 2.0,
+        "broker_connection_max_retries": 0,
+        "broker_transport_options": {
+            "visibility_timeout": VISIBILITY_TIMEOUT_S,
+            "socket_timeout": 5.0,
+            "socket_connect_timeout": 2.0,
+            "health_check_interval": 25,
+            "max_retries": 0,
+        },
+        "broker_heartbeat": 30,  # amqp only
+        "task_serializer": "json",
+        "accept_content": ["json"],
+        "result_serializer": "json",
+        "task_compression": None,
+        "task_ignore_result": True,
+        "result_backend": None,
+        # Exactly-once delivery relies on redelivery of unfinished work: ack
+        # after the task ran, requeue when the worker process dies.
+        "task_acks_late": True,
+        "task_reject_on_worker_lost": True,
+        "worker_prefetch_multiplier": 1,
+        "task_soft_time_limit": TASK_SOFT_TIME_LIMIT_S,
+        "task_time_limit": TASK_TIME_LIMIT_S,
+        "task_default_queue": WRITE_QUEUE,
+        "task_queues": (Queue(WRITE_QUEUE), Queue(CONTROL_QUEUE)),
+        "task_routes": {
+            MIRROR_TASK: {"queue": WRITE_QUEUE},
+            PROBE_TASK: {"queue": CONTROL_QUEUE},
+        },
+        "beat_schedule": {
+            "memory-probe-recovery": {
+                "task": PROBE_TASK,
+                "schedule": timedelta(seconds=settings.probe_interval_seconds),
+                # A probe that could not run in its interval is worthless later.
+                "options": {"queue": CONTROL_QUEUE,
+                            "expires": float(settings.probe_interval_seconds)},
+            },
+        },
+        "worker_send_task_events": True,
+        "task_send_sent_event": True,
+        # Keep the project's own log handler: Celery configures the root logger only.
+        "worker_hijack_root_logger": True,
+        "worker_redirect_stdouts": False,
+    }
+
+
+app = Celery("memory_worker", include=["tasks"])
+app.add_defaults(lambda: celery_config(Settings.from_env()))
+
+
+@signals.user_preload_options.connect
+def _check_configuration(sender: Any = None, **_: Any) -> None:
+    """Validate the whole environment before a ``celery`` command starts anything."""
+    try:
+        Settings.from_env()
+    except ConfigError as exc:
+        print(f"memory_worker: configuration error: {exc}", file=sys.stderr)
+        raise SystemExit(1) from None

@@ -1,0 +1,213 @@
+"""Configuration: the environment, read once, validated whole, frozen.
+
+``Settings.from_env()`` is the only place that reads ``os.environ``. Every
+variable of the contract is validated, also those the calling process does not
+use, so a typo stops the worker, beat and CLI alike with one line naming it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit
+
+from memory_worker.errors import ConfigError
+
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off"}
+_LOG_FORMATS = ("json", "console")
+
+
+def _boolean(raw: str) -> bool:
+    value = raw.strip().lower()
+    if value in _TRUE:
+        return True
+    if value in _FALSE:
+        return False
+    raise ValueError(f"expected true or false, got {raw!r}")
+
+
+def _integer(minimum: int) -> Callable[[str], int]:
+    def parse(raw: str) -> int:
+        try:
+            value = int(raw.strip())
+        except ValueError:
+            raise ValueError(f"expected a whole number, got {raw!r}") from None
+        if value < minimum:
+            raise ValueError(f"must be at least {minimum}, got {value}")
+        return value
+
+    return parse
+
+
+def _text(raw: str) -> str:
+    if not raw.strip():
+        raise ValueError("must not be empty")
+    return raw.strip()
+
+
+def _url(*schemes: str) -> Callable[[str], str]:
+    def parse(raw: str) -> str:
+        value = raw.strip()
+        parts = urlsplit(value)
+        if parts.scheme not in schemes or not parts.netloc:
+            raise ValueError(f"expected a {'/'.join(schemes)} URL, got {value!r}")
+        return value.rstrip("/")
+
+    return parse
+
+
+def _choice(*choices: str) -> Callable[[str], str]:
+    def parse(raw: str) -> str:
+        value = raw.strip().lower()
+        if value not in choices:
+            raise ValueError(f"expected one of {', '.join(choices)}, got {raw!r}")
+        return value
+
+    return parse
+
+
+def _basic_auth(raw: str) -> str:
+    user, sep, password = raw.partition(":")
+    if not sep or not user or not password:
+        raise ValueError("expected user:password")
+    return raw
+
+
+_REDIS_SCHEMES = ("redis", "rediss", "unix")
+_BROKER_SCHEMES = ("redis", "rediss", "amqp", "amqps", "pyamqp", "memory")
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Every knob of SPEC §3; durations in the unit their variable names."""
+
+    flag_zep_write: bool = False
+    flag_zep_read: bool = False
+    zep_api_url: str | None = None
+    zep_api_key: str | None = dataclasses.field(default=None, repr=False)
+    zep_timeout_ms: int = 1500
+    read_timeout_ms: int = 250
+    probe_timeout_ms: int = 150
+    downgrade_threshold: int = 3
+    downgrade_window_seconds: int = 60
+    downgrade_hold_seconds: int = 300
+    downgrade_hold_max_seconds: int = 3600
+    latency_downgrade_ms: int = 300
+    disable_auto_downgrade: bool = False
+    probe_interval_seconds: int = 10
+    cache_ttl_seconds: int = 30
+    negative_cache_ttl_seconds: int = 3
+    recent_lastn: int = 12
+    redact_email: bool = True
+    redact_phone: bool = True
+    redact_address: bool = False
+    max_content_chars: int = 100_000
+    write_max_retries: int = 12
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    celery_broker_url: str | None = None
+    key_prefix: str = "mem:"
+    spool_dir: str = "./var/spool"
+    prometheus_multiproc_dir: str | None = None
+    log_format: str = "json"
+    flower_basic_auth: str | None = dataclasses.field(default=None, repr=False)
+
+    @property
+    def broker_url(self) -> str:
+        return self.celery_broker_url or self.redis_url
+
+    @property
+    def grace_seconds(self) -> int:
+        """How long a forced record outlives its hold before Redis drops it (SPEC §4)."""
+        return max(120, 10 * self.probe_interval_seconds)
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        env = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        for variable, (field, parse) in _VARIABLES.items():
+            raw = env.get(variable)
+            if raw is None or (raw.strip() == "" and field in _OPTIONAL_WHEN_EMPTY):
+                continue
+            try:
+                values[field] = parse(raw)
+            except ValueError as exc:
+                raise ConfigError(variable, str(exc)) from None
+        settings = cls(**values)
+        settings.validate()
+        return settings
+
+    def with_redis_url(self, url: str) -> Settings:
+        try:
+            parsed = _url(*_REDIS_SCHEMES)(url)
+        except ValueError as exc:
+            raise ConfigError("REDIS_URL", str(exc)) from None
+        return dataclasses.replace(self, redis_url=parsed)
+
+    def validate(self) -> None:
+        """Cross-field rules; single fields were checked while parsing."""
+        if self.flag_zep_write or self.flag_zep_read:
+            if not self.zep_api_url:
+                raise ConfigError("ZEP_API_URL", "required when FLAG_ZEP_WRITE or FLAG_ZEP_READ is on")
+            if not self.zep_api_key:
+                raise ConfigError("ZEP_API_KEY", "required when FLAG_ZEP_WRITE or FLAG_ZEP_READ is on")
+        if self.downgrade_hold_max_seconds < self.downgrade_hold_seconds:
+            raise ConfigError(
+                "MEMORY_DOWNGRADE_HOLD_MAX_SECONDS",
+                f"must be at least MEMORY_DOWNGRADE_HOLD_SECONDS ({self.downgrade_hold_seconds})",
+            )
+
+    def describe(self) -> dict[str, object]:
+        """The settings as an operator may see them: secrets reduced to set/unset."""
+        shown: dict[str, object] = {}
+        for variable, (field, _) in _VARIABLES.items():
+            value = getattr(self, field)
+            if field in _SECRETS:
+                value = "(set)" if value else "(unset)"
+            shown[variable] = value
+        return shown
+
+
+_SECRETS = frozenset({"zep_api_key", "flower_basic_auth"})
+_OPTIONAL_WHEN_EMPTY = frozenset(
+    {"zep_api_url", "zep_api_key", "celery_broker_url", "prometheus_multiproc_dir",
+     "flower_basic_auth"}
+)
+
+_VARIABLES: dict[str, tuple[str, Callable[[str], Any]]] = {
+    "FLAG_ZEP_WRITE": ("flag_zep_write", _boolean),
+    "FLAG_ZEP_READ": ("flag_zep_read", _boolean),
+    "ZEP_API_URL": ("zep_api_url", _url("http", "https")),
+    "ZEP_API_KEY": ("zep_api_key", _text),
+    "ZEP_TIMEOUT_MS": ("zep_timeout_ms", _integer(1)),
+    "MEMORY_READ_TIMEOUT_MS": ("read_timeout_ms", _integer(1)),
+    "MEMORY_PROBE_TIMEOUT_MS": ("probe_timeout_ms", _integer(1)),
+    "MEMORY_DOWNGRADE_THRESHOLD": ("downgrade_threshold", _integer(1)),
+    "MEMORY_DOWNGRADE_WINDOW_SECONDS": ("downgrade_window_seconds", _integer(1)),
+    "MEMORY_DOWNGRADE_HOLD_SECONDS": ("downgrade_hold_seconds", _integer(1)),
+    "MEMORY_DOWNGRADE_HOLD_MAX_SECONDS": ("downgrade_hold_max_seconds", _integer(1)),
+    "MEMORY_LATENCY_DOWNGRADE_MS": ("latency_downgrade_ms", _integer(0)),
+    "DISABLE_AUTO_DOWNGRADE": ("disable_auto_downgrade", _boolean),
+    "MEMORY_PROBE_INTERVAL_SECONDS": ("probe_interval_seconds", _integer(1)),
+    "MEMORY_CACHE_TTL_SECONDS": ("cache_ttl_seconds", _integer(1)),
+    "MEMORY_NEGATIVE_CACHE_TTL_SECONDS": ("negative_cache_ttl_seconds", _integer(1)),
+    "MEMORY_RECENT_LASTN": ("recent_lastn", _integer(1)),
+    "MEMORY_REDACT_EMAIL": ("redact_email", _boolean),
+    "MEMORY_REDACT_PHONE": ("redact_phone", _boolean),
+    "MEMORY_REDACT_ADDRESS": ("redact_address", _boolean),
+    "MEMORY_MAX_CONTENT_CHARS": ("max_content_chars", _integer(1)),
+    "MEMORY_WRITE_MAX_RETRIES": ("write_max_retries", _integer(0)),
+    "REDIS_URL": ("redis_url", _url(*_REDIS_SCHEMES)),
+    "CELERY_BROKER_URL": ("celery_broker_url", _url(*_BROKER_SCHEMES)),
+    "MEMORY_KEY_PREFIX": ("key_prefix", _text),
+    "MEMORY_SPOOL_DIR": ("spool_dir", _text),
+    "PROMETHEUS_MULTIPROC_DIR": ("prometheus_multiproc_dir", _text),
+    "MEMORY_LOG_FORMAT": ("log_format", _choice(*_LOG_FORMATS)),
+    "FLOWER_BASIC_AUTH": ("flower_basic_auth", _basic_auth),
+}
+
+VARIABLES: tuple[str, ...] = tuple(_VARIABLES)
+"""The names of every environment variable the project reads."""

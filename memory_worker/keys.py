@@ -1,0 +1,69 @@
+"""Every Redis key the project writes, under one configurable prefix (SPEC §3, §4, §6)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+VIEWS: tuple[str, ...] = ("summary", "recent", "facts")
+
+
+@dataclass(frozen=True)
+class Keys:
+    prefix: str = "mem:"
+
+    @property
+    def forced(self) -> str:
+        return f"{self.prefix}mode:forced:v1"
+
+    @property
+    def probe_lock(self) -> str:
+        return f"{self.prefix}mode:probe_lock:v1"
+
+    @property
+    def probe_failures(self) -> str:
+        """Consecutive failed probes; the exponent of the escalating hold."""
+        return f"{self.prefix}mode:probe_failures:v1"
+
+    @property
+    def shadow_marker(self) -> str:
+        """Set once per incident in shadow mode, so a suppressed downgrade logs once."""
+        return f"{self.prefix}mode:shadow:v1"
+
+    @property
+    def consecutive_failures(self) -> str:
+        return f"{self.prefix}read:consec_failures"
+
+    @property
+    def failure_window_start(self) -> str:
+        return f"{self.prefix}read:consec_failures:since"
+
+    @property
+    def rate_limited_until(self) -> str:
+        return f"{self.prefix}read:rate_limited_until"
+
+    @property
+    def read_latencies(self) -> str:
+        return f"{self.prefix}read:latency:v1"
+
+    def context(self, thread_id: str, view: str) -> str:
+        return f"{self.prefix}ctx:{thread_id}:{view}"
+
+    def contexts(self, thread_id: str) -> list[str]:
+        return [self.context(thread_id, view) for view in VIEWS]
+
+    @property
+    def write_circuit(self) -> str:
+        return f"{self.prefix}write:circuit:v1"
+
+    @property
+    def dlq(self) -> str:
+        return f"{self.prefix}write:dlq"
+
+    def write_done(self, client_msg_id: str) -> str:
+        return f"{self.prefix}write:done:{client_msg_id}"
+
+    def write_lease(self, client_msg_id: str) -> str:
+        return f"{self.prefix}write:lease:{client_msg_id}"
+
+    def enqueued(self, client_msg_id: str) -> str:
+        return f"{self.prefix}write:enqueued:{client_msg_id}"

@@ -1,0 +1,97 @@
+"""Event logs: one JSON line per event on stderr, or a console line (SPEC §10).
+
+The ``memory_worker`` logger gets its own handler and does not propagate, so
+Celery's root-logger set-up neither removes nor duplicates it. The format is
+read from ``MEMORY_LOG_FORMAT`` when the first line is written, not at import.
+Fields that could carry message content or a secret are withheld here, the
+last line of defence behind the callers' own care.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+import time
+from typing import Any
+
+ROOT_LOGGER = "memory_worker"
+_WITHHELD = frozenset({"content", "text", "api_key", "zep_api_key", "authorization", "password"})
+_STANDARD_ATTRS = frozenset(logging.LogRecord("", 0, "", 0, "", None, None).__dict__) | {
+    "message", "asctime", "taskName",
+}
+
+
+def log_event(logger: logging.Logger, event: str, level: int = logging.INFO, **fields: Any) -> None:
+    """Log ``event`` with structured ``fields``; never raises into the caller."""
+    try:
+        logger.log(level, event, extra={"event_fields": fields})
+    except Exception:  # a logging failure must not break a web handler
+        pass
+
+
+def _fields(record: logging.LogRecord) -> dict[str, Any]:
+    fields: dict[str, Any] = dict(getattr(record, "event_fields", {}) or {})
+    for name, value in record.__dict__.items():
+        if name not in _STANDARD_ATTRS and name != "event_fields":
+            fields.setdefault(name, value)
+    return {k: ("[withheld]" if k.lower() in _WITHHELD else v) for k, v in fields.items()}
+
+
+class JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        line: dict[str, Any] = {
+            "ts": round(record.created, 3),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "event": record.getMessage(),
+        }
+        line.update(_fields(record))
+        if record.exc_info and record.exc_info[0] is not None:
+            line["error_type"] = record.exc_info[0].__name__
+        return json.dumps(line, default=str, ensure_ascii=False)
+
+
+class ConsoleFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        stamp = time.strftime("%H:%M:%S", time.localtime(record.created))
+        pairs = " ".join(f"{k}={v}" for k, v in _fields(record).items())
+        return f"{stamp} {record.levelname:<7} {record.getMessage()} {pairs}".rstrip()
+
+
+class _LazyFormatter(logging.Formatter):
+    """Chooses JSON or console on first use, so importing reads no environment."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._delegate: logging.Formatter | None = None
+
+    def format(self, record: logging.LogRecord) -> str:
+        if self._delegate is None:
+            wanted = os.environ.get("MEMORY_LOG_FORMAT", "json").strip().lower()
+            self._delegate = ConsoleFormatter() if wanted == "console" else JsonFormatter()
+        return self._delegate.format(record)
+
+
+class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """Writes to whatever ``sys.__stderr__`` is now: survives Celery's stream redirection."""
+
+    def __init__(self) -> None:
+        super().__init__(sys.__stderr__)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.stream = sys.__stderr__
+        super().emit(record)
+
+
+def install() -> logging.Logger:
+    """Attach the project's handler once; idempotent."""
+    logger = logging.getLogger(ROOT_LOGGER)
+    if not any(isinstance(h, _StderrHandler) for h in logger.handlers):
+        handler = _StderrHandler()
+        handler.setFormatter(_LazyFormatter())
+        logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
+    return logger
