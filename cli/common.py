@@ -9,7 +9,7 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Concatenate, ParamSpec, TypeVar
+from typing import Any, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
 import click
@@ -21,7 +21,6 @@ from memory_worker.connections import redis_client
 from memory_worker.errors import ConfigError, StateUnavailable
 from memory_worker.keys import Keys
 
-P = ParamSpec("P")
 R = TypeVar("R")
 
 
@@ -71,21 +70,14 @@ def load_settings(redis_url: str | None) -> Settings:
         raise OperationalError(f"configuration: {exc}") from None
 
 
-def operation(
-    command: Callable[Concatenate[Ops, P], R],
-) -> Callable[P, R]:
+def operation(command: Callable[..., R]) -> Callable[..., R]:
     """Give a command ``--redis-url``, an ``Ops`` as first argument, and one-line failures."""
 
-    @click.option("--redis-url", envvar="REDIS_URL", metavar="URL", default=None,
-                  help="Redis holding the shared state (env REDIS_URL).")
-    @click.pass_context
-    @functools.wraps(command)
-    def wrapper(ctx: click.Context, *args: P.args, **kwargs: P.kwargs) -> R:
-        redis_url = kwargs.pop("redis_url", None)
-        settings = load_settings(redis_url if isinstance(redis_url, str) else None)
-        clock = (ctx.obj or {}).get("clock", system_clock) if isinstance(ctx.obj, dict) else (
-            system_clock)
-        ops = Ops(settings, clock)
+    def wrapper(ctx: click.Context, /, *args: Any, redis_url: str | None = None,
+                **kwargs: Any) -> R:
+        settings = load_settings(redis_url)
+        obj = ctx.obj if isinstance(ctx.obj, dict) else {}
+        ops = Ops(settings, obj.get("clock", system_clock))
         try:
             return command(ops, *args, **kwargs)
         except (redis.RedisError, StateUnavailable) as exc:
@@ -94,4 +86,7 @@ def operation(
                 f"{type(exc).__name__}: {exc}"
             ) from None
 
-    return wrapper  # type: ignore[return-value]
+    functools.update_wrapper(wrapper, command)
+    option = click.option("--redis-url", envvar="REDIS_URL", metavar="URL", default=None,
+                          help="Redis holding the shared state (env REDIS_URL).")
+    return option(click.pass_context(wrapper))

@@ -11,6 +11,7 @@ import enum
 
 import redis
 
+from memory_worker.connections import as_text
 from memory_worker.keys import Keys
 
 
@@ -21,11 +22,11 @@ class CircuitState(enum.StrEnum):
 
 
 def circuit_state(conn: redis.Redis, keys: Keys, *, now: float) -> CircuitState:
-    fields: dict[str, str] = conn.hgetall(keys.write_circuit)
+    fields = {as_text(k): as_text(v) for k, v in conn.hgetall(keys.write_circuit).items()}
     if fields.get("state") != CircuitState.OPEN:
         return CircuitState.CLOSED
     try:
-        reopen_at = float(fields.get("reopen_at", "0"))
+        reopen_at = float(fields.get("reopen_at") or "0")
     except ValueError:
         return CircuitState.HALF_OPEN
     return CircuitState.OPEN if now < reopen_at else CircuitState.HALF_OPEN

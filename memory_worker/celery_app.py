@@ -2,7 +2,7 @@
 
 Configuration is computed from ``Settings`` when Celery first needs it, not at
 import; a bad environment stops ``celery worker`` and ``celery beat`` with one
-line naming the variable (see ``_check_configuration``).
+line naming the variable, and raises ``ConfigError`` anywhere else.
 """
 
 from __future__ import annotations
@@ -11,8 +11,9 @@ import sys
 from datetime import timedelta
 from typing import Any
 
-from celery import Celery, signals
-from kombu import Queue
+import click
+from celery import Celery
+from kombu import Exchange, Queue
 
 from memory_worker.config import Settings
 from memory_worker.errors import ConfigError
@@ -66,10 +67,13 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "task_soft_time_limit": TASK_SOFT_TIME_LIMIT_S,
         "task_time_limit": TASK_TIME_LIMIT_S,
         "task_default_queue": WRITE_QUEUE,
-        "task_queues": (Queue(WRITE_QUEUE), Queue(CONTROL_QUEUE)),
+        "task_queues": (
+            Queue(WRITE_QUEUE, Exchange(WRITE_QUEUE), routing_key=WRITE_QUEUE),
+            Queue(CONTROL_QUEUE, Exchange(CONTROL_QUEUE), routing_key=CONTROL_QUEUE),
+        ),
         "task_routes": {
-            MIRROR_TASK: {"queue": WRITE_QUEUE},
-            PROBE_TASK: {"queue": CONTROL_QUEUE},
+            MIRROR_TASK: {"queue": WRITE_QUEUE, "routing_key": WRITE_QUEUE},
+            PROBE_TASK: {"queue": CONTROL_QUEUE, "routing_key": CONTROL_QUEUE},
         },
         "beat_schedule": {
             "memory-probe-recovery": {
@@ -88,15 +92,23 @@ def celery_config(settings: Settings) -> dict[str, Any]:
     }
 
 
-app = Celery("memory_worker", include=["tasks"])
-app.add_defaults(lambda: celery_config(Settings.from_env()))
+class _ConfigurationExit(click.ClickException):
+    """Raised inside a ``celery`` command: click prints one line and exits 1."""
+
+    exit_code = 1
+
+    def show(self, file: Any = None) -> None:
+        print(f"memory_worker: configuration error: {self.message}", file=sys.stderr)
 
 
-@signals.user_preload_options.connect
-def _check_configuration(sender: Any = None, **_: Any) -> None:
-    """Validate the whole environment before a ``celery`` command starts anything."""
+def _configuration() -> dict[str, Any]:
     try:
-        Settings.from_env()
+        return celery_config(Settings.from_env())
     except ConfigError as exc:
-        print(f"memory_worker: configuration error: {exc}", file=sys.stderr)
-        raise SystemExit(1) from None
+        if click.get_current_context(silent=True) is not None:
+            raise _ConfigurationExit(str(exc)) from None
+        raise
+
+
+app = Celery("memory_worker", include=["tasks"])
+app.add_defaults(_configuration)

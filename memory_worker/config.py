@@ -150,10 +150,11 @@ class Settings:
     def validate(self) -> None:
         """Cross-field rules; single fields were checked while parsing."""
         if self.flag_zep_write or self.flag_zep_read:
+            required = "required when FLAG_ZEP_WRITE or FLAG_ZEP_READ is on"
             if not self.zep_api_url:
-                raise ConfigError("ZEP_API_URL", "required when FLAG_ZEP_WRITE or FLAG_ZEP_READ is on")
+                raise ConfigError("ZEP_API_URL", required)
             if not self.zep_api_key:
-                raise ConfigError("ZEP_API_KEY", "required when FLAG_ZEP_WRITE or FLAG_ZEP_READ is on")
+                raise ConfigError("ZEP_API_KEY", required)
         if self.downgrade_hold_max_seconds < self.downgrade_hold_seconds:
             raise ConfigError(
                 "MEMORY_DOWNGRADE_HOLD_MAX_SECONDS",

@@ -23,3 +23,12 @@ def redis_client(url: str, socket_timeout: float = OPS_SOCKET_TIMEOUT_S) -> redi
         decode_responses=True,
         health_check_interval=30,
     )
+
+
+def as_text(value: object) -> str | None:
+    """A Redis reply as ``str`` (clients here decode, but the types cannot say so)."""
+    if value is None:
+        return None
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "replace")
+    return str(value)

@@ -90,7 +90,7 @@ class Decision:
 def escalated_hold(base_seconds: int, failures: int, cap_seconds: int,
                    jitter: Callable[[float, float], float] = random.uniform) -> int:
     """``base × 2^n`` with ±10 % jitter, capped; ``n`` failed probes in a row, 1 on the first."""
-    hold = base_seconds * (2 ** min(failures, 32)) * jitter(0.9, 1.1)
+    hold: float = base_seconds * float(2 ** min(failures, 32)) * jitter(0.9, 1.1)
     return max(1, min(cap_seconds, round(hold)))
 
 

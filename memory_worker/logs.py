@@ -9,6 +9,7 @@ last line of defence behind the callers' own care.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -25,10 +26,8 @@ _STANDARD_ATTRS = frozenset(logging.LogRecord("", 0, "", 0, "", None, None).__di
 
 def log_event(logger: logging.Logger, event: str, level: int = logging.INFO, **fields: Any) -> None:
     """Log ``event`` with structured ``fields``; never raises into the caller."""
-    try:
+    with contextlib.suppress(Exception):  # a logging failure must not break a web handler
         logger.log(level, event, extra={"event_fields": fields})
-    except Exception:  # a logging failure must not break a web handler
-        pass
 
 
 def _fields(record: logging.LogRecord) -> dict[str, Any]:

@@ -21,6 +21,7 @@ from typing import Any
 
 import redis
 
+from memory_worker.connections import as_text
 from memory_worker.keys import Keys
 from memory_worker.logs import log_event
 
@@ -121,8 +122,7 @@ def parse_forced(raw: str | None, now: float, grace_seconds: int) -> ForcedRecor
 
 
 def read_forced_raw(conn: redis.Redis, keys: Keys) -> str | None:
-    value: str | None = conn.get(keys.forced)
-    return value
+    return as_text(conn.get(keys.forced))
 
 
 def get_forced(conn: redis.Redis, keys: Keys, *, now: float, grace_seconds: int
@@ -133,10 +133,10 @@ def get_forced(conn: redis.Redis, keys: Keys, *, now: float, grace_seconds: int
 def force(conn: redis.Redis, keys: Keys, record: ForcedRecord, *, base: Mode,
           grace_seconds: int, now: float) -> ForcedRecord | None:
     """Write ``record`` unconditionally (an operator's force); return the record it replaced."""
-    previous_raw: str | None = conn.set(
+    previous_raw = as_text(conn.set(
         keys.forced, record.to_json(), px=record_ttl_ms(record.hold_seconds, grace_seconds),
         get=True,
-    )
+    ))
     previous = parse_forced(previous_raw, now, grace_seconds)
     announce_forced(base, previous, record)
     return previous
@@ -145,7 +145,7 @@ def force(conn: redis.Redis, keys: Keys, record: ForcedRecord, *, base: Mode,
 def clear(conn: redis.Redis, keys: Keys, *, base: Mode, now: float, grace_seconds: int,
           reason: str) -> ForcedRecord | None:
     """Remove the forced record whatever it holds; return it (None when there was none)."""
-    removed = parse_forced(conn.getdel(keys.forced), now, grace_seconds)
+    removed = parse_forced(as_text(conn.getdel(keys.forced)), now, grace_seconds)
     if removed is not None:
         log_event(log, "memory_mode_restored", mode=base.value, reason=reason,
                   cleared_reason=removed.reason)

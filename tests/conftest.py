@@ -1,0 +1,93 @@
+"""Shared fixtures: a real Redis in a dedicated database, flushed around each test.
+
+The database is ``MEMORY_TEST_REDIS_URL`` when set, else the host of
+``REDIS_URL`` (default 127.0.0.1:6379) with database 15. A missing Redis fails
+the run: ``make test`` starts one, and tests never skip silently.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from urllib.parse import urlsplit, urlunsplit
+
+import pytest
+import redis
+
+from memory_worker.config import Settings
+from memory_worker.keys import Keys
+
+
+def _test_redis_url() -> str:
+    explicit = os.environ.get("MEMORY_TEST_REDIS_URL")
+    if explicit:
+        return explicit
+    parts = urlsplit(os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0"))
+    return urlunsplit(parts._replace(path="/15"))
+
+
+class FakeClock:
+    """A clock that moves only when told to."""
+
+    def __init__(self, start: float = 1_800_000_000.0) -> None:
+        self.now = start
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> str:
+    url = _test_redis_url()
+    try:
+        redis.Redis.from_url(url, socket_connect_timeout=2).ping()
+    except redis.RedisError as exc:
+        pytest.fail(f"no Redis at {url} ({exc}); run `make test`, which starts one")
+    return url
+
+
+@pytest.fixture
+def conn(redis_url: str) -> Iterator[redis.Redis]:
+    client = redis.Redis.from_url(redis_url, decode_responses=True)
+    client.flushdb()
+    yield client
+    client.flushdb()
+    client.close()
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+@pytest.fixture
+def keys() -> Keys:
+    return Keys("mem:")
+
+
+@pytest.fixture
+def settings(redis_url: str) -> Settings:
+    return Settings(
+        flag_zep_write=True, flag_zep_read=True,
+        zep_api_url="http://127.0.0.1:9", zep_api_key="test-key",
+        redis_url=redis_url,
+    )
+
+
+@pytest.fixture
+def cli_env(monkeypatch: pytest.MonkeyPatch, redis_url: str) -> dict[str, str]:
+    """A clean environment for CLI runs: only the variables a test sets."""
+    from memory_worker.config import VARIABLES
+
+    for name in VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+    env = {
+        "REDIS_URL": redis_url, "FLAG_ZEP_WRITE": "true", "FLAG_ZEP_READ": "true",
+        "ZEP_API_URL": "http://127.0.0.1:9", "ZEP_API_KEY": "test-key",
+    }
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    return env

@@ -1,0 +1,131 @@
+"""Configuration: every variable validated, one error naming it, secrets never shown."""
+
+from __future__ import annotations
+
+import pytest
+
+from memory_worker.config import VARIABLES, Settings
+from memory_worker.errors import ConfigError
+
+BAD_VALUES = {
+    "FLAG_ZEP_WRITE": "maybe",
+    "FLAG_ZEP_READ": "2",
+    "ZEP_API_URL": "ftp://zep.example",
+    "ZEP_API_KEY": "   ",
+    "ZEP_TIMEOUT_MS": "fast",
+    "MEMORY_READ_TIMEOUT_MS": "-5",
+    "MEMORY_PROBE_TIMEOUT_MS": "0",
+    "MEMORY_DOWNGRADE_THRESHOLD": "three",
+    "MEMORY_DOWNGRADE_WINDOW_SECONDS": "1.5",
+    "MEMORY_DOWNGRADE_HOLD_SECONDS": "-300",
+    "MEMORY_DOWNGRADE_HOLD_MAX_SECONDS": "x",
+    "MEMORY_LATENCY_DOWNGRADE_MS": "-1",
+    "DISABLE_AUTO_DOWNGRADE": "sometimes",
+    "MEMORY_PROBE_INTERVAL_SECONDS": "0",
+    "MEMORY_CACHE_TTL_SECONDS": "abc",
+    "MEMORY_NEGATIVE_CACHE_TTL_SECONDS": "",
+    "MEMORY_RECENT_LASTN": "0",
+    "MEMORY_REDACT_EMAIL": "yes please",
+    "MEMORY_REDACT_PHONE": "-",
+    "MEMORY_REDACT_ADDRESS": "1.0",
+    "MEMORY_MAX_CONTENT_CHARS": "1e5",
+    "MEMORY_WRITE_MAX_RETRIES": "-1",
+    "REDIS_URL": "localhost:6379",
+    "CELERY_BROKER_URL": "kafka://broker",
+    "MEMORY_KEY_PREFIX": " ",
+    "MEMORY_SPOOL_DIR": "",
+    "PROMETHEUS_MULTIPROC_DIR": None,  # empty means unset; any path is accepted
+    "MEMORY_LOG_FORMAT": "xml",
+    "FLOWER_BASIC_AUTH": "admin",
+}
+
+
+def test_defaults_match_the_contract() -> None:
+    """An empty environment gives SPEC §3's defaults."""
+    s = Settings.from_env({})
+    assert (s.flag_zep_write, s.flag_zep_read) == (False, False)
+    assert (s.zep_timeout_ms, s.read_timeout_ms, s.probe_timeout_ms) == (1500, 250, 150)
+    assert (s.downgrade_threshold, s.downgrade_window_seconds) == (3, 60)
+    assert (s.downgrade_hold_seconds, s.downgrade_hold_max_seconds) == (300, 3600)
+    assert s.latency_downgrade_ms == 300 and s.disable_auto_downgrade is False
+    assert s.probe_interval_seconds == 10
+    assert (s.cache_ttl_seconds, s.negative_cache_ttl_seconds, s.recent_lastn) == (30, 3, 12)
+    assert (s.redact_email, s.redact_phone, s.redact_address) == (True, True, False)
+    assert (s.max_content_chars, s.write_max_retries) == (100_000, 12)
+    assert s.redis_url == "redis://127.0.0.1:6379/0" and s.broker_url == s.redis_url
+    assert (s.key_prefix, s.spool_dir, s.log_format) == ("mem:", "./var/spool", "json")
+
+
+def test_every_contract_variable_is_checked() -> None:
+    """The table above covers every variable the project reads."""
+    assert set(BAD_VALUES) == set(VARIABLES)
+
+
+@pytest.mark.parametrize(
+    "variable", [name for name, bad in BAD_VALUES.items() if bad is not None]
+)
+def test_a_bad_value_stops_with_an_error_naming_the_variable(variable: str) -> None:
+    """Given one bad variable, the error names exactly that variable."""
+    bad = BAD_VALUES[variable]
+    assert bad is not None
+    env = {"ZEP_API_URL": "http://zep:8000", "ZEP_API_KEY": "k", variable: bad}
+    if variable in ("ZEP_API_URL", "ZEP_API_KEY"):
+        env.update({"FLAG_ZEP_WRITE": "true"})
+    with pytest.raises(ConfigError) as info:
+        Settings.from_env(env)
+    assert info.value.variable == variable
+    assert str(info.value).startswith(f"{variable}: ")
+    assert "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize("flag", ["FLAG_ZEP_WRITE", "FLAG_ZEP_READ"])
+@pytest.mark.parametrize("missing", ["ZEP_API_URL", "ZEP_API_KEY"])
+def test_a_flag_on_requires_url_and_key(flag: str, missing: str) -> None:
+    """Turning on reads or writes without Zep's URL or key is refused, naming what is missing."""
+    env = {flag: "true", "ZEP_API_URL": "http://zep:8000", "ZEP_API_KEY": "k"}
+    del env[missing]
+    with pytest.raises(ConfigError) as info:
+        Settings.from_env(env)
+    assert info.value.variable == missing
+
+
+def test_hold_cap_below_base_hold_is_refused() -> None:
+    """A cap below the base hold would shorten holds; it is a configuration error."""
+    with pytest.raises(ConfigError) as info:
+        Settings.from_env({"MEMORY_DOWNGRADE_HOLD_SECONDS": "600",
+                           "MEMORY_DOWNGRADE_HOLD_MAX_SECONDS": "300"})
+    assert info.value.variable == "MEMORY_DOWNGRADE_HOLD_MAX_SECONDS"
+
+
+def test_secrets_never_appear_in_repr_errors_or_description() -> None:
+    """The key and Flower's password are shown only as set/unset."""
+    s = Settings.from_env({"FLAG_ZEP_READ": "1", "ZEP_API_URL": "http://zep:8000/",
+                           "ZEP_API_KEY": "s3cr3t-key", "FLOWER_BASIC_AUTH": "ops:pw-xyz"})
+    assert "s3cr3t-key" not in repr(s) and "pw-xyz" not in repr(s)
+    shown = s.describe()
+    assert shown["ZEP_API_KEY"] == "(set)" and shown["FLOWER_BASIC_AUTH"] == "(set)"
+    assert "s3cr3t-key" not in str(shown)
+    assert s.zep_api_url == "http://zep:8000"
+    with pytest.raises(ConfigError) as info:
+        Settings.from_env({"FLOWER_BASIC_AUTH": "only-a-password-xyz"})
+    assert "only-a-password-xyz" not in str(info.value)
+
+
+def test_broker_defaults_to_redis_and_accepts_amqp() -> None:
+    """CELERY_BROKER_URL falls back to REDIS_URL; amqp:// works too."""
+    s = Settings.from_env({"REDIS_URL": "redis://10.0.0.1:6380/2"})
+    assert s.broker_url == "redis://10.0.0.1:6380/2"
+    s = Settings.from_env({"CELERY_BROKER_URL": "amqp://guest:guest@127.0.0.1:5672//"})
+    assert s.broker_url.startswith("amqp://")
+
+
+def test_grace_is_at_least_two_minutes_or_ten_probe_intervals() -> None:
+    """grace = max(120 s, 10 × probe interval)."""
+    assert Settings.from_env({}).grace_seconds == 120
+    assert Settings.from_env({"MEMORY_PROBE_INTERVAL_SECONDS": "30"}).grace_seconds == 300
+
+
+def test_booleans_accept_the_usual_spellings() -> None:
+    """true/false, 1/0, yes/no, on/off, any case."""
+    for raw, expected in [("TRUE", True), ("1", True), ("on", True), ("No", False), ("0", False)]:
+        assert Settings.from_env({"DISABLE_AUTO_DOWNGRADE": raw}).disable_auto_downgrade is expected

@@ -1,0 +1,91 @@
+"""Event logs: JSON lines with `event`, a console option, secrets and content withheld."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+
+import pytest
+
+from memory_worker import logs
+
+
+def _record(event: str, **fields: object) -> logging.LogRecord:
+    record = logging.LogRecord("memory_worker.test", logging.WARNING, __file__, 1, event, None,
+                               None)
+    record.event_fields = fields
+    return record
+
+
+def test_json_lines_name_the_event_and_carry_the_fields() -> None:
+    """One JSON object per line with `event` and the event's fields."""
+    line = logs.JsonFormatter().format(_record("memory_mode_forced", reason="auth",
+                                               hold_seconds=300))
+    data = json.loads(line)
+    assert data["event"] == "memory_mode_forced" and data["level"] == "warning"
+    assert data["reason"] == "auth" and data["hold_seconds"] == 300
+    assert "\n" not in line
+
+
+def test_console_format_is_one_readable_line() -> None:
+    """MEMORY_LOG_FORMAT=console: time, level, event, key=value pairs."""
+    line = logs.ConsoleFormatter().format(_record("memory_mode_restored", mode="read_write"))
+    assert "WARNING" in line and "memory_mode_restored mode=read_write" in line
+
+
+@pytest.mark.parametrize("field", ["content", "text", "api_key", "zep_api_key", "Authorization"])
+def test_fields_that_could_leak_content_or_secrets_are_withheld(field: str) -> None:
+    """Even a careless caller cannot log message content or the key."""
+    for formatter in (logs.JsonFormatter(), logs.ConsoleFormatter()):
+        line = formatter.format(_record("x", **{field: "call me at 0533 123 45 67"}))
+        assert "0533" not in line and "[withheld]" in line
+
+
+def test_the_format_is_chosen_from_the_environment_at_first_use(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Importing reads nothing; the first line written reads MEMORY_LOG_FORMAT."""
+    monkeypatch.setenv("MEMORY_LOG_FORMAT", "console")
+    formatter = logs._LazyFormatter()
+    assert not formatter.format(_record("e", a=1)).startswith("{")
+    monkeypatch.setenv("MEMORY_LOG_FORMAT", "json")
+    assert not formatter.format(_record("e", a=1)).startswith("{")  # chosen once per process
+    assert logs._LazyFormatter().format(_record("e", a=1)).startswith("{")
+
+
+def test_install_is_idempotent_and_does_not_propagate() -> None:
+    """One handler however often the package is imported; root handlers see nothing."""
+    logger = logs.install()
+    logs.install()
+    handlers = [h for h in logger.handlers if isinstance(h, logs._StderrHandler)]
+    assert len(handlers) == 1 and logger.propagate is False
+    assert logger.level == logging.INFO
+
+
+def test_log_event_never_raises() -> None:
+    """A broken handler must not break the caller (STYLE 8)."""
+
+    class Broken(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            raise RuntimeError("disk full")
+
+        def handleError(self, record: logging.LogRecord) -> None:
+            raise RuntimeError("still broken")
+
+    logger = logging.getLogger("memory_worker.test_broken")
+    logger.addHandler(Broken())
+    try:
+        logs.log_event(logger, "memory_mode_forced", reason="auth")
+    finally:
+        logger.handlers.clear()
+
+
+def test_handler_writes_to_the_process_stderr(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The handler follows sys.__stderr__, which Celery's redirection leaves alone."""
+    buffer = io.StringIO()
+    monkeypatch.setattr("sys.__stderr__", buffer)
+    handler = logs._StderrHandler()
+    handler.setFormatter(logs.JsonFormatter())
+    handler.emit(_record("zep_write_retry", attempt=2))
+    assert json.loads(buffer.getvalue())["attempt"] == 2
