@@ -13,8 +13,8 @@ import redis
 from click.testing import CliRunner, Result
 
 from cli.main import cli
-from memory_worker.guard import Guard
 from memory_worker.config import Settings
+from memory_worker.guard import Guard
 from memory_worker.keys import Keys
 from tests.conftest import FakeClock
 
