@@ -1,0 +1,393 @@
+"""The one door to Zep: calls the ``zep-python`` SDK and translates every outcome.
+
+Nothing above this module sees an httpx or zep_python exception. Every call
+returns a value: a success (``Memory``, ``Written``) or a ``Failure`` whose
+``reason`` is a ``Reason``:
+
+    status / error                      read            write
+    401, 403                            auth            auth
+    404                                 not_found       session_not_found (messages)
+                                                        user_not_found (session)
+    408, client timeout, deadline       timeout         timeout
+    429                                 rate_limited    rate_limited
+    5xx, a 2xx body that cannot be read server_error    server_error
+    refused, reset, dropped             connection_error
+    other 4xx                           client_error    client_error
+    400 "... already exists"            --              Written(already_stored /
+                                                        already_exists)
+
+An error body that is not JSON (the SDK raises ``ValueError`` on it) is
+classified by the status recorded under the SDK.
+
+Each call has a total deadline (its budget), not the SDK's per-phase timeout:
+synchronous calls run on a small thread pool and the caller waits at most the
+budget, while the sockets under the call obey the same deadline
+(``zep_http``), so an abandoned call ends with it; asynchronous calls are
+cancelled by ``asyncio.wait_for``. Clients and their connection pools are built
+once per process (per event loop for the asynchronous side) and reused.
+
+Ids go into URL paths and are checked first: ``[A-Za-z0-9._:@-]{1,256}``, and
+not ``.`` or ``..``; anything else raises ``InvalidRequest``. The API key
+never appears in a repr, a log line or a message.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+import re
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from functools import partial
+from typing import Any, TypedDict, TypeVar
+
+import httpx
+from zep_python import Message
+from zep_python.base_client import AsyncBaseClient, BaseClient
+from zep_python.core.api_error import ApiError
+from zep_python.types import Memory as SdkMemory
+
+from memory_worker.config import Settings
+from memory_worker.errors import ConfigError, InvalidRequest
+from memory_worker.logs import log_event
+from memory_worker.zep_http import Call, Clients, acall, call_on_pool, parse_retry_after
+
+log = logging.getLogger("memory_worker.zep")
+
+_ID = re.compile(r"[A-Za-z0-9._:@-]{1,256}")
+_T = TypeVar("_T")
+_R = TypeVar("_R")
+_F = TypeVar("_F")
+
+
+class Reason(enum.StrEnum):
+    NOT_FOUND = "not_found"
+    SESSION_NOT_FOUND = "session_not_found"
+    USER_NOT_FOUND = "user_not_found"
+    AUTH = "auth"
+    TIMEOUT = "timeout"
+    SERVER_ERROR = "server_error"
+    CONNECTION_ERROR = "connection_error"
+    RATE_LIMITED = "rate_limited"
+    CLIENT_ERROR = "client_error"
+
+
+class ContextMessage(TypedDict):
+    role: str
+    role_type: str
+    content: str
+
+
+class OutgoingMessage(TypedDict):
+    uuid: str
+    role: str
+    role_type: str
+    content: str
+    metadata: dict[str, Any] | None
+
+
+@dataclass(frozen=True)
+class Memory:
+    """A session's memory: messages oldest first, facts as plain sentences."""
+
+    summary: str | None
+    context: str | None
+    messages: tuple[ContextMessage, ...]
+    facts: tuple[str, ...]
+
+
+class WriteStatus(enum.StrEnum):
+    STORED = "stored"
+    ALREADY_STORED = "already_stored"  # every uuid of the add was stored before
+    CREATED = "created"
+    ALREADY_EXISTS = "already_exists"
+
+
+@dataclass(frozen=True)
+class Written:
+    status: WriteStatus
+
+
+@dataclass(frozen=True)
+class Failure:
+    """Zep did not do what was asked; ``message`` is the server's own, shortened."""
+
+    reason: Reason
+    status_code: int | None = None
+    retry_after_seconds: float | None = None
+    message: str | None = None
+
+
+ReadResult = Memory | Failure
+WriteResult = Written | Failure
+
+
+def check_id(value: object, name: str = "session_id") -> str:
+    """``value`` when it is safe in a URL path; else ``InvalidRequest`` naming ``name``."""
+    if not isinstance(value, str) or not _ID.fullmatch(value) or value in (".", ".."):
+        raise InvalidRequest(f"{name} must match [A-Za-z0-9._:@-]{{1,256}}")
+    return value
+
+
+class ZepClient:
+    """Zep, as the project uses it; safe to share between threads and tasks."""
+
+    def __init__(
+        self,
+        base_url: str,
+        api_key: str,
+        *,
+        read_budget_seconds: float = 0.25,
+        write_budget_seconds: float = 1.5,
+        probe_budget_seconds: float = 0.15,
+        max_connections: int = 64,
+        now: Callable[[], float] = time.time,
+    ) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.read_budget_seconds = read_budget_seconds
+        self.write_budget_seconds = write_budget_seconds
+        self.probe_budget_seconds = probe_budget_seconds
+        self._now = now
+        self._clients = Clients(
+            f"{self.base_url}/api/v2", api_key, max_connections, write_budget_seconds
+        )
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> ZepClient:
+        if not settings.zep_api_url:
+            raise ConfigError("ZEP_API_URL", "required to talk to Zep")
+        if not settings.zep_api_key:
+            raise ConfigError("ZEP_API_KEY", "required to talk to Zep")
+        return cls(
+            settings.zep_api_url,
+            settings.zep_api_key,
+            read_budget_seconds=settings.read_timeout_ms / 1000,
+            write_budget_seconds=settings.zep_timeout_ms / 1000,
+            probe_budget_seconds=settings.probe_timeout_ms / 1000,
+        )
+
+    def __repr__(self) -> str:
+        return f"ZepClient(base_url={self.base_url!r})"
+
+    # reads
+
+    def get_memory(
+        self, session_id: str, lastn: int, budget_seconds: float | None = None
+    ) -> ReadResult:
+        """The last ``lastn`` messages, summary, context and facts of a session."""
+        check_id(session_id)
+        _check_count(lastn)
+        return self._call(
+            _budget(budget_seconds, self.read_budget_seconds),
+            lambda sdk: sdk.memory.get(session_id, lastn=lastn),
+            _memory, self._read_failure,
+        )
+
+    async def aget_memory(
+        self, session_id: str, lastn: int, budget_seconds: float | None = None
+    ) -> ReadResult:
+        """``get_memory`` without blocking the event loop."""
+        check_id(session_id)
+        _check_count(lastn)
+        return await self._acall(
+            _budget(budget_seconds, self.read_budget_seconds),
+            lambda sdk: sdk.memory.get(session_id, lastn=lastn),
+            _memory, self._read_failure,
+        )
+
+    # writes
+
+    def add_messages(
+        self,
+        session_id: str,
+        messages: Sequence[OutgoingMessage],
+        budget_seconds: float | None = None,
+    ) -> WriteResult:
+        """Store messages under their own uuids; a repeated uuid is ``already_stored``."""
+        check_id(session_id)
+        try:
+            sdk_messages = [
+                Message(
+                    uuid=m["uuid"], role=m["role"], role_type=m["role_type"],
+                    content=m["content"], metadata=m.get("metadata"),
+                )
+                for m in messages
+            ]
+        except (KeyError, TypeError, ValueError) as exc:
+            raise InvalidRequest(f"messages are malformed: {type(exc).__name__}") from None
+        return self._call(
+            _budget(budget_seconds, self.write_budget_seconds),
+            lambda sdk: sdk.memory.add(session_id, messages=sdk_messages),
+            lambda _: Written(WriteStatus.STORED),
+            partial(self._write_outcome, missing=Reason.SESSION_NOT_FOUND,
+                    already=WriteStatus.ALREADY_STORED),
+        )
+
+    def add_session(
+        self, session_id: str, user_id: str | None = None, budget_seconds: float | None = None
+    ) -> WriteResult:
+        """Create a session (for ``user_id`` when given); an existing one is fine."""
+        check_id(session_id)
+        if user_id is not None:
+            check_id(user_id, "user_id")
+
+        return self._call(
+            _budget(budget_seconds, self.write_budget_seconds),
+            lambda sdk: sdk.memory.add_session(session_id=session_id, user_id=user_id),
+            lambda _: Written(WriteStatus.CREATED),
+            partial(self._write_outcome, missing=Reason.USER_NOT_FOUND,
+                    already=WriteStatus.ALREADY_EXISTS),
+        )
+
+    def add_user(self, user_id: str, budget_seconds: float | None = None) -> WriteResult:
+        """Create a user; an existing one is fine."""
+        check_id(user_id, "user_id")
+        return self._call(
+            _budget(budget_seconds, self.write_budget_seconds),
+            lambda sdk: sdk.user.add(user_id=user_id),
+            lambda _: Written(WriteStatus.CREATED),
+            partial(self._write_outcome, missing=Reason.CLIENT_ERROR,
+                    already=WriteStatus.ALREADY_EXISTS),
+        )
+
+    # life cycle
+
+    def close(self) -> None:
+        """Close the synchronous side; ``aclose`` closes the running loop's."""
+        self._clients.close()
+
+    async def aclose(self) -> None:
+        await self._clients.aclose()
+
+    # machinery
+
+    def _call(
+        self,
+        budget: float,
+        operation: Callable[[BaseClient], _T],
+        convert: Callable[[_T], _R],
+        translate: Callable[[Exception, Call], _F],
+    ) -> _R | _F:
+        call = Call(time.monotonic() + budget)
+        sdk, pool = self._clients.sync()
+        try:
+            value = call_on_pool(pool, call, lambda: operation(sdk))
+        except Exception as exc:
+            return translate(exc, call)
+        return self._converted(value, convert, translate, call)
+
+    async def _acall(
+        self,
+        budget: float,
+        operation: Callable[[AsyncBaseClient], Awaitable[_T]],
+        convert: Callable[[_T], _R],
+        translate: Callable[[Exception, Call], _F],
+    ) -> _R | _F:
+        call = Call(time.monotonic() + budget)
+        sdk = self._clients.for_loop()
+        try:
+            value = await acall(call, lambda: operation(sdk))
+        except Exception as exc:
+            return translate(exc, call)
+        return self._converted(value, convert, translate, call)
+
+    @staticmethod
+    def _converted(
+        value: _T,
+        convert: Callable[[_T], _R],
+        translate: Callable[[Exception, Call], _F],
+        call: Call,
+    ) -> _R | _F:
+        try:
+            return convert(value)
+        except (AttributeError, TypeError, ValueError):
+            return translate(ValueError("unreadable answer"), call)
+
+    def _read_failure(self, exc: Exception, call: Call) -> Failure:
+        return self._failure(exc, call, Reason.NOT_FOUND)
+
+    def _write_outcome(
+        self, exc: Exception, call: Call, missing: Reason, already: WriteStatus
+    ) -> WriteResult:
+        if isinstance(exc, ApiError):
+            status = exc.status_code if exc.status_code is not None else call.status_code
+            text = (_server_message(exc.body) or "").lower()
+            if status in (400, 409) and "already exists" in text:
+                return Written(already)
+        return self._failure(exc, call, missing)
+
+    def _failure(self, exc: Exception, call: Call, missing: Reason) -> Failure:
+        """The failure an exception of the SDK or httpx stands for."""
+        if isinstance(exc, ApiError):
+            status = exc.status_code if exc.status_code is not None else call.status_code
+            return self._by_status(status, _server_message(exc.body), call, missing)
+        if isinstance(exc, TimeoutError | httpx.TimeoutException):
+            return Failure(Reason.TIMEOUT)
+        if isinstance(exc, httpx.TransportError):
+            return Failure(Reason.CONNECTION_ERROR, message=type(exc).__name__)
+        if isinstance(exc, ValueError):
+            # The SDK parses bodies as JSON and raises ValueError on anything else:
+            # the status recorded under it still says what happened.
+            status = call.status_code
+            if status is not None and not 200 <= status < 300:
+                return self._by_status(status, None, call, missing)
+            return Failure(Reason.SERVER_ERROR, status, message="unreadable answer")
+        if not isinstance(exc, httpx.HTTPError):
+            log_event(log, "zep_unexpected_error", logging.WARNING, error=type(exc).__name__)
+        return Failure(Reason.SERVER_ERROR, call.status_code, message=type(exc).__name__)
+
+    def _by_status(
+        self, status: int | None, message: str | None, call: Call, missing: Reason
+    ) -> Failure:
+        if status is None or status >= 500 or status < 400:
+            return Failure(Reason.SERVER_ERROR, status, message=message)
+        if status in (401, 403):
+            return Failure(Reason.AUTH, status, message=message)
+        if status == 404:
+            return Failure(missing, status, message=message)
+        if status == 408:
+            return Failure(Reason.TIMEOUT, status, message=message)
+        if status == 429:
+            wait = parse_retry_after(call.retry_after, self._now())
+            return Failure(Reason.RATE_LIMITED, status, wait, message)
+        return Failure(Reason.CLIENT_ERROR, status, message=message)
+
+
+def _memory(value: SdkMemory) -> Memory:
+    summary = value.summary.content if value.summary is not None else None
+    context = getattr(value, "context", None)
+    messages = tuple(
+        ContextMessage(
+            role=m.role or "", role_type=str(m.role_type or ""), content=m.content or ""
+        )
+        for m in value.messages or ()
+    )
+    facts = [f.fact for f in value.relevant_facts or () if f.fact]
+    return Memory(
+        summary=summary,
+        context=context if isinstance(context, str) else None,
+        messages=messages,
+        facts=tuple(facts or (value.facts or ())),
+    )
+
+
+def _server_message(body: object) -> str | None:
+    message = getattr(body, "message", None)
+    if message is None and isinstance(body, dict):
+        message = body.get("message")
+    if message is None and isinstance(body, str):
+        message = body
+    return str(message)[:200] if message is not None else None
+
+
+def _check_count(lastn: object) -> None:
+    if not isinstance(lastn, int) or isinstance(lastn, bool) or lastn < 1:
+        raise InvalidRequest("lastn must be a whole number of at least 1")
+
+
+def _budget(given: float | None, default: float) -> float:
+    budget = default if given is None else given
+    if not budget > 0:
+        raise InvalidRequest("budget_seconds must be positive")
+    return budget

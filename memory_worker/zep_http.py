@@ -1,0 +1,370 @@
+"""HTTP under the Zep SDK: its clients, a total deadline per call, the answer's headers.
+
+Part of the Zep boundary; ``zep.py`` is its only caller. ``Clients`` builds the
+SDK clients once per process (a forked child builds its own) and the
+asynchronous one once per event loop, so connection pools are reused.
+
+The SDK's timeout is per phase: a server that sends its headers and then one
+byte every so often never trips it. Here each call carries a ``Call`` (its
+deadline, and where the status and ``Retry-After`` of its answer are recorded,
+since the SDK's errors carry no headers) in a context variable, so concurrent
+calls from threads and tasks never see each other's. Three layers use it:
+
+* a request hook sets every phase timeout to what is left of the budget, and
+  refuses to send once nothing is left;
+* the synchronous transport's network streams clamp each socket ``recv``,
+  ``send`` and connect to the time left, so an abandoned call ends at its
+  deadline whatever the server trickles (the caller itself waits on a thread
+  and never past the deadline);
+* a response hook records the status and ``Retry-After``.
+
+The asynchronous client keeps httpx's own transport: ``asyncio.wait_for``
+cancels the call at the deadline, which closes its connection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import datetime
+import email.utils
+import os
+import re
+import ssl
+import threading
+import time
+import weakref
+from collections.abc import Awaitable, Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+import httpcore
+import httpx
+from zep_python.base_client import AsyncBaseClient, BaseClient
+
+_T = TypeVar("_T")
+
+RETRY_AFTER_DEFAULT_SECONDS = 5.0
+RETRY_AFTER_MAX_SECONDS = 300.0
+
+
+@dataclass
+class Call:
+    """One call to Zep: its deadline (``time.monotonic``) and what its answer said."""
+
+    deadline: float
+    status_code: int | None = None
+    retry_after: str | None = field(default=None, repr=False)
+
+    def remaining(self) -> float:
+        return self.deadline - time.monotonic()
+
+
+_CURRENT: contextvars.ContextVar[Call | None] = contextvars.ContextVar("zep_call", default=None)
+
+
+def call_on_pool(pool: ThreadPoolExecutor, call: Call, function: Callable[[], _T]) -> _T:
+    """Run ``function`` on ``pool`` as ``call``; ``TimeoutError`` once its deadline passes.
+
+    An abandoned call is not waited for: its sockets obey the same deadline.
+    """
+
+    def scoped() -> _T:
+        _CURRENT.set(call)
+        if call.remaining() <= 0:  # queued behind others for the whole budget
+            raise httpx.PoolTimeout("the budget was spent before the request was sent")
+        return function()
+
+    future = pool.submit(contextvars.Context().run, scoped)
+    try:
+        return future.result(timeout=max(0.0, call.remaining()))
+    except TimeoutError:
+        if future.done():
+            raise
+        future.cancel()
+        raise TimeoutError("the call's deadline has passed") from None
+
+
+async def acall(call: Call, function: Callable[[], Awaitable[_T]]) -> _T:
+    """Await ``function()`` as ``call``; cancelled with ``TimeoutError`` at its deadline."""
+
+    async def scoped() -> _T:
+        token = _CURRENT.set(call)
+        try:
+            return await function()
+        finally:
+            _CURRENT.reset(token)
+
+    return await asyncio.wait_for(scoped(), timeout=max(0.0, call.remaining()))
+
+
+def parse_retry_after(value: str | None, now: float) -> float:
+    """Seconds to wait from ``Retry-After`` (seconds or HTTP-date), at most 300; 5 if unusable."""
+    if value is None or not value.strip():
+        return RETRY_AFTER_DEFAULT_SECONDS
+    text = value.strip()
+    if re.fullmatch(r"\d+(\.\d+)?", text):
+        seconds = float(text)
+    else:
+        try:
+            when = email.utils.parsedate_to_datetime(text)
+        except (TypeError, ValueError, IndexError):
+            return RETRY_AFTER_DEFAULT_SECONDS
+        if when.tzinfo is None:  # "-0000": UTC without a claim about local time
+            when = when.replace(tzinfo=datetime.UTC)
+        seconds = when.timestamp() - now
+    return min(max(seconds, 0.0), RETRY_AFTER_MAX_SECONDS)
+
+
+def _clamp(request: httpx.Request) -> None:
+    call = _CURRENT.get()
+    if call is None:
+        return
+    left = call.remaining()
+    if left <= 0:
+        raise httpx.PoolTimeout("the budget was spent before the request was sent", request=request)
+    request.extensions["timeout"] = {"connect": left, "read": left, "write": left, "pool": left}
+
+
+def _record(response: httpx.Response) -> None:
+    call = _CURRENT.get()
+    if call is not None:
+        call.status_code = response.status_code
+        call.retry_after = response.headers.get("retry-after")
+
+
+async def _aclamp(request: httpx.Request) -> None:
+    _clamp(request)
+
+
+async def _arecord(response: httpx.Response) -> None:
+    _record(response)
+
+
+def _left(timeout: float | None, expired: type[Exception]) -> float | None:
+    call = _CURRENT.get()
+    if call is None:
+        return timeout
+    left = call.remaining()
+    if left <= 0:
+        raise expired("the call's deadline has passed")
+    return left if timeout is None else min(timeout, left)
+
+
+class _DeadlineStream(httpcore.NetworkStream):
+    def __init__(self, inner: httpcore.NetworkStream) -> None:
+        self._inner = inner
+
+    def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
+        return self._inner.read(max_bytes, _left(timeout, httpcore.ReadTimeout))
+
+    def write(self, buffer: bytes, timeout: float | None = None) -> None:
+        self._inner.write(buffer, _left(timeout, httpcore.WriteTimeout))
+
+    def close(self) -> None:
+        self._inner.close()
+
+    def start_tls(
+        self,
+        ssl_context: ssl.SSLContext,
+        server_hostname: str | None = None,
+        timeout: float | None = None,
+    ) -> httpcore.NetworkStream:
+        left = _left(timeout, httpcore.ConnectTimeout)
+        return _DeadlineStream(self._inner.start_tls(ssl_context, server_hostname, left))
+
+    def get_extra_info(self, info: str) -> Any:
+        return self._inner.get_extra_info(info)
+
+
+class _DeadlineBackend(httpcore.NetworkBackend):
+    def __init__(self) -> None:
+        self._inner = httpcore.SyncBackend()
+
+    def connect_tcp(
+        self,
+        host: str,
+        port: int,
+        timeout: float | None = None,
+        local_address: str | None = None,
+        socket_options: Iterable[Any] | None = None,
+    ) -> httpcore.NetworkStream:
+        left = _left(timeout, httpcore.ConnectTimeout)
+        stream = self._inner.connect_tcp(host, port, left, local_address, socket_options)
+        return _DeadlineStream(stream)
+
+    def connect_unix_socket(
+        self, path: str, timeout: float | None = None, socket_options: Iterable[Any] | None = None
+    ) -> httpcore.NetworkStream:
+        left = _left(timeout, httpcore.ConnectTimeout)
+        return _DeadlineStream(self._inner.connect_unix_socket(path, left, socket_options))
+
+    def sleep(self, seconds: float) -> None:
+        self._inner.sleep(seconds)
+
+
+# httpcore's errors as httpx raises them, most specific first.
+_ERRORS: tuple[tuple[type[Exception], type[httpx.TransportError]], ...] = (
+    (httpcore.ConnectTimeout, httpx.ConnectTimeout),
+    (httpcore.ReadTimeout, httpx.ReadTimeout),
+    (httpcore.WriteTimeout, httpx.WriteTimeout),
+    (httpcore.PoolTimeout, httpx.PoolTimeout),
+    (httpcore.TimeoutException, httpx.TimeoutException),
+    (httpcore.ConnectError, httpx.ConnectError),
+    (httpcore.ReadError, httpx.ReadError),
+    (httpcore.WriteError, httpx.WriteError),
+    (httpcore.NetworkError, httpx.NetworkError),
+    (httpcore.ProxyError, httpx.ProxyError),
+    (httpcore.UnsupportedProtocol, httpx.UnsupportedProtocol),
+    (httpcore.RemoteProtocolError, httpx.RemoteProtocolError),
+    (httpcore.LocalProtocolError, httpx.LocalProtocolError),
+    (httpcore.ProtocolError, httpx.ProtocolError),
+)
+
+
+def _translated(exc: Exception, request: httpx.Request | None) -> Exception:
+    for theirs, ours in _ERRORS:
+        if isinstance(exc, theirs):
+            return ours(str(exc) or type(exc).__name__, request=request)
+    return exc
+
+
+class _Body(httpx.SyncByteStream):
+    def __init__(self, stream: Iterable[bytes], request: httpx.Request) -> None:
+        self._stream = stream
+        self._request = request
+
+    def __iter__(self) -> Iterator[bytes]:
+        try:
+            yield from self._stream
+        except Exception as exc:
+            raise _translated(exc, self._request) from exc
+
+    def close(self) -> None:
+        close = getattr(self._stream, "close", None)
+        if close is not None:
+            close()
+
+
+class _DeadlineTransport(httpx.BaseTransport):
+    """httpx's transport, rebuilt on an httpcore pool whose sockets obey the deadline."""
+
+    def __init__(self, limits: httpx.Limits) -> None:
+        self._pool = httpcore.ConnectionPool(
+            ssl_context=httpx.create_ssl_context(),
+            max_connections=limits.max_connections,
+            max_keepalive_connections=limits.max_keepalive_connections,
+            keepalive_expiry=limits.keepalive_expiry,
+            network_backend=_DeadlineBackend(),
+        )
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        if not isinstance(request.stream, httpx.SyncByteStream):
+            raise TypeError("the synchronous transport needs a synchronous request body")
+        core_request = httpcore.Request(
+            method=request.method,
+            url=httpcore.URL(
+                scheme=request.url.raw_scheme,
+                host=request.url.raw_host,
+                port=request.url.port,
+                target=request.url.raw_path,
+            ),
+            headers=request.headers.raw,
+            content=request.stream,
+            extensions=request.extensions,
+        )
+        try:
+            response = self._pool.handle_request(core_request)
+        except Exception as exc:
+            raise _translated(exc, request) from exc
+        if not isinstance(response.stream, Iterable):
+            raise TypeError("the connection pool returned an asynchronous body")
+        return httpx.Response(
+            status_code=response.status,
+            headers=response.headers,
+            stream=_Body(response.stream, request),
+            extensions=response.extensions,
+        )
+
+    def close(self) -> None:
+        self._pool.close()
+
+
+def sync_http_client(limits: httpx.Limits) -> httpx.Client:
+    """The client under the synchronous SDK: deadline-bound sockets, recorded answers."""
+    return httpx.Client(
+        transport=_DeadlineTransport(limits),
+        event_hooks={"request": [_clamp], "response": [_record]},
+    )
+
+
+def async_http_client(limits: httpx.Limits) -> httpx.AsyncClient:
+    """The client under the asynchronous SDK: clamped phases, recorded answers."""
+    return httpx.AsyncClient(
+        limits=limits, event_hooks={"request": [_aclamp], "response": [_arecord]}
+    )
+
+
+class Clients:
+    """The SDK clients of one Zep: per process for threads, per event loop for tasks."""
+
+    def __init__(self, api_url: str, api_key: str, max_connections: int, timeout: float) -> None:
+        self._api_url = api_url
+        self._api_key = api_key
+        self._timeout = timeout
+        self._workers = max_connections
+        self._limits = httpx.Limits(
+            max_connections=max_connections, max_keepalive_connections=max_connections
+        )
+        self._lock = threading.Lock()
+        self._pid = -1
+        self._sync: tuple[BaseClient, ThreadPoolExecutor, httpx.Client] | None = None
+        self._async: weakref.WeakKeyDictionary[
+            asyncio.AbstractEventLoop, tuple[AsyncBaseClient, httpx.AsyncClient]
+        ] = weakref.WeakKeyDictionary()
+
+    def __repr__(self) -> str:
+        return f"Clients(api_url={self._api_url!r})"
+
+    def sync(self) -> tuple[BaseClient, ThreadPoolExecutor]:
+        built = self._sync
+        if built is None or self._pid != os.getpid():
+            with self._lock:
+                if self._sync is None or self._pid != os.getpid():
+                    # A forked child must not use its parent's threads and sockets.
+                    http = sync_http_client(self._limits)
+                    sdk = BaseClient(
+                        base_url=self._api_url, api_key=self._api_key,
+                        timeout=self._timeout, httpx_client=http,
+                    )
+                    pool = ThreadPoolExecutor(self._workers, thread_name_prefix="zep")
+                    self._sync, self._pid = (sdk, pool, http), os.getpid()
+                built = self._sync
+        return built[0], built[1]
+
+    def for_loop(self) -> AsyncBaseClient:
+        loop = asyncio.get_running_loop()
+        pair = self._async.get(loop)
+        if pair is None:
+            http = async_http_client(self._limits)
+            sdk = AsyncBaseClient(
+                base_url=self._api_url, api_key=self._api_key,
+                timeout=self._timeout, httpx_client=http,
+            )
+            with self._lock:
+                pair = self._async.setdefault(loop, (sdk, http))
+        return pair[0]
+
+    def close(self) -> None:
+        with self._lock:
+            built, self._sync = self._sync, None
+        if built is not None and self._pid == os.getpid():
+            built[1].shutdown(wait=False, cancel_futures=True)
+            built[2].close()
+
+    async def aclose(self) -> None:
+        with self._lock:
+            pair = self._async.pop(asyncio.get_running_loop(), None)
+        if pair is not None:
+            await pair[1].aclose()
