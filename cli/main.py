@@ -6,6 +6,7 @@ import click
 
 from cli.config_commands import config
 from cli.mode_commands import clear, force, reset_failures, status
+from cli.read_commands import invalidate, probe, zep_sim
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -13,7 +14,7 @@ def cli() -> None:
     """Operate the memory workers: modes, probes, dead letters, drills."""
 
 
-for command in (status, force, clear, reset_failures, config):
+for command in (status, force, clear, reset_failures, invalidate, probe, config, zep_sim):
     cli.add_command(command)
 
 

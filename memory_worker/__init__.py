@@ -10,5 +10,6 @@ from memory_worker.logs import install as _install_logging
 _install_logging()
 
 from memory_worker.celery_app import app  # noqa: E402
+from memory_worker.runtime import afetch_thread_context, fetch_thread_context  # noqa: E402
 
-__all__ = ["app"]
+__all__ = ["afetch_thread_context", "app", "fetch_thread_context"]

@@ -110,5 +110,5 @@ def _configuration() -> dict[str, Any]:
         raise
 
 
-app = Celery("memory_worker", include=["tasks"])
+app = Celery("memory_worker", include=["tasks.probe"])
 app.add_defaults(_configuration)

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import logging
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import redis
@@ -79,6 +79,19 @@ _AUTO_DOWNGRADE_EVENTS = {
 }
 
 
+SCRIPT = _DOWNGRADE
+
+
+@dataclass(frozen=True)
+class ScriptCall:
+    """One run of the downgrade script: what to pass, and what it would create."""
+
+    reason: str
+    record: ForcedRecord
+    keys: list[str]
+    args: list[str | int]
+
+
 @dataclass(frozen=True)
 class Decision:
     fail_count: int
@@ -136,26 +149,44 @@ class Guard:
     def reset_probe_failures(self) -> None:
         self._conn.delete(self._keys.probe_failures)
 
+    def failure_call(self) -> ScriptCall:
+        """The script call counting one read failure, for callers that run it themselves."""
+        return self._prepare("consecutive_failures", self._settings.downgrade_threshold,
+                             self._settings.downgrade_hold_seconds)
+
+    def force_call(self, reason: str, hold_seconds: int | None = None) -> ScriptCall:
+        hold = self._settings.downgrade_hold_seconds if hold_seconds is None else hold_seconds
+        return self._prepare(reason, 0, hold)
+
+    def conclude(self, call: ScriptCall, reply: Sequence[int]) -> Decision:
+        """Interpret the script's reply: announce, count and log what it did."""
+        count, outcome = int(reply[0]), int(reply[1])
+        if outcome == 1:
+            self._announce(call.reason, count, call.record)
+            return Decision(count, forced=True, record=call.record)
+        if outcome == 2:
+            metrics.safe_inc(metrics.shadow_downgrades, reason=call.reason)
+            log_event(log, "memory_mode_force_suppressed", logging.WARNING, reason=call.reason,
+                      fail_count=count, shadow=True)
+            return Decision(count, suppressed=True)
+        return Decision(count)
+
     def _run(self, reason: str, threshold: int, hold_seconds: int) -> Decision:
+        call = self._prepare(reason, threshold, hold_seconds)
+        return self.conclude(call, self._script(keys=call.keys, args=call.args))
+
+    def _prepare(self, reason: str, threshold: int, hold_seconds: int) -> ScriptCall:
         now = self._clock()
         record = ForcedRecord.new(reason=reason, source="guard", now=now, hold_seconds=hold_seconds)
-        shadow = self._settings.disable_auto_downgrade
         grace = self._settings.grace_seconds
-        count, outcome = self._script(
-            keys=[self._keys.consecutive_failures, self._keys.failure_window_start,
-                  self._keys.forced, self._keys.shadow_marker],
-            args=[int(now * 1000), self._settings.downgrade_window_seconds * 1000, threshold,
-                  record.to_json(), record_ttl_ms(hold_seconds, grace), int(shadow), grace * 1000],
-        )
-        if outcome == 1:
-            self._announce(reason, int(count), record)
-            return Decision(int(count), forced=True, record=record)
-        if outcome == 2:
-            metrics.safe_inc(metrics.shadow_downgrades, reason=reason)
-            log_event(log, "memory_mode_force_suppressed", logging.WARNING, reason=reason,
-                      fail_count=int(count), shadow=True)
-            return Decision(int(count), suppressed=True)
-        return Decision(int(count))
+        keys = [self._keys.consecutive_failures, self._keys.failure_window_start,
+                self._keys.forced, self._keys.shadow_marker]
+        args: list[str | int] = [
+            int(now * 1000), self._settings.downgrade_window_seconds * 1000, threshold,
+            record.to_json(), record_ttl_ms(hold_seconds, grace),
+            int(self._settings.disable_auto_downgrade), grace * 1000,
+        ]
+        return ScriptCall(reason, record, keys, args)
 
     def _announce(self, reason: str, count: int, record: ForcedRecord) -> None:
         metrics.safe_inc(metrics.downgrades, reason=reason)

@@ -7,8 +7,10 @@ the run: ``make test`` starts one, and tests never skip silently.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Iterator
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import pytest
@@ -91,3 +93,26 @@ def cli_env(monkeypatch: pytest.MonkeyPatch, redis_url: str) -> dict[str, str]:
     for name, value in env.items():
         monkeypatch.setenv(name, value)
     return env
+
+
+@pytest.fixture(scope="session")
+def zep_server() -> Iterator[Any]:
+    """One Zep simulator for the run, served over real HTTP on 127.0.0.1."""
+    from memory_worker.zep_sim import ZepSimulator
+
+    with ZepSimulator(api_key="test-key") as simulator:
+        yield simulator
+
+
+@pytest.fixture
+def sim(zep_server: Any) -> Iterator[Any]:
+    """The simulator, emptied of state, faults and its request log around each test."""
+    zep_server.reset()
+    yield zep_server
+    zep_server.reset()
+
+
+@pytest.fixture
+def read_settings(settings: Settings, sim: Any) -> Settings:
+    """Settings pointing at the simulator, with the contract's read defaults."""
+    return dataclasses.replace(settings, zep_api_url=sim.url)

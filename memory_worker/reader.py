@@ -1,0 +1,319 @@
+"""The guarded read: what ``fetch_thread_context`` decides, free of I/O (SPEC §5).
+
+``read_flow`` is a generator: it yields the I/O it needs (``Snapshot``,
+``ZepRead``, ``AfterRead``, ``RunGuard``, ``Pause``) and receives the results,
+so the synchronous and the asynchronous read share one copy of the rules and
+differ only in how they perform each step (``runtime.py``). A Redis step that
+failed comes back as ``None``: the flow then fails open onto the process's
+``LocalGuard`` and reads without a cache.
+
+A cache hit or a blocked read costs one Redis round trip (one ``MGET`` of the
+forced record, the cache entry and the 429 pause); a cache miss adds the Zep
+call and one script that caches, resets the failure count and records the
+latency sample together.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+import uuid
+from collections.abc import Callable, Generator
+from dataclasses import dataclass, field
+from typing import Any
+
+from memory_worker import cache, metrics
+from memory_worker.clock import Clock
+from memory_worker.config import Settings
+from memory_worker.errors import InvalidRequest
+from memory_worker.fallback import LocalGuard
+from memory_worker.guard import Decision, Guard, ScriptCall
+from memory_worker.keys import VIEWS, Keys
+from memory_worker.logs import log_event
+from memory_worker.modes import ForcedRecord, Mode, base_mode, effective_mode, parse_forced
+from memory_worker.zep import Failure, Memory, ReadResult, Reason
+
+log = logging.getLogger("memory_worker.reader")
+
+_THREAD_ID = re.compile(r"[A-Za-z0-9._:@-]{1,256}")
+SUMMARY_MESSAGES = 4
+LATENCY_WINDOW_MS = 30_000
+LATENCY_MIN_SAMPLES = 5
+LATENCY_MAX_SAMPLES = 101
+_GUARDED = {Reason.TIMEOUT, Reason.SERVER_ERROR, Reason.CONNECTION_ERROR}
+_NEGATIVE = {Reason.NOT_FOUND, Reason.TIMEOUT}
+
+Context = dict[str, Any]
+Meta = dict[str, Any]
+Result = tuple[Context | None, Meta]
+
+# KEYS: cache entry, latency samples, failure counter, window start, probe failures
+# ARGV: now_ms, latency_ms, sample id, cache value ('' = none), cache ttl ms,
+#       reset ('1' on success), window ms, min samples, max samples, track ('1'/'0')
+# Returns the median latency in ms as a string once enough samples exist, else false.
+AFTER_READ = """
+if ARGV[4] ~= '' then
+  redis.call('SET', KEYS[1], ARGV[4], 'PX', ARGV[5])
+end
+if ARGV[6] == '1' then
+  redis.call('DEL', KEYS[3], KEYS[4], KEYS[5])
+end
+if ARGV[10] ~= '1' then
+  return false
+end
+local now = tonumber(ARGV[1])
+redis.call('ZADD', KEYS[2], now, ARGV[3] .. ':' .. ARGV[2])
+redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now - tonumber(ARGV[7]))
+local n = redis.call('ZCARD', KEYS[2])
+local most = tonumber(ARGV[9])
+if n > most then
+  redis.call('ZREMRANGEBYRANK', KEYS[2], 0, n - most - 1)
+  n = most
+end
+redis.call('PEXPIRE', KEYS[2], ARGV[7])
+if n < tonumber(ARGV[8]) then
+  return false
+end
+local values = {}
+for i, member in ipairs(redis.call('ZRANGE', KEYS[2], 0, -1)) do
+  values[i] = tonumber(string.match(member, ':([%d%.]+)$')) or 0
+end
+table.sort(values)
+if n % 2 == 1 then
+  return tostring(values[(n + 1) / 2])
+end
+return tostring((values[n / 2] + values[n / 2 + 1]) / 2)
+"""
+
+# KEYS: pause key; ARGV: until (epoch seconds), ttl ms. Only ever lengthens the pause.
+PAUSE = """
+local current = tonumber(redis.call('GET', KEYS[1]))
+if current == nil or tonumber(ARGV[1]) > current then
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+end
+return 1
+"""
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    keys: list[str]
+
+
+@dataclass(frozen=True)
+class ZepRead:
+    thread_id: str
+    lastn: int
+    budget_seconds: float
+
+
+@dataclass(frozen=True)
+class AfterRead:
+    keys: list[str]
+    args: list[str | int | float]
+
+
+@dataclass(frozen=True)
+class RunGuard:
+    call: ScriptCall
+
+
+@dataclass(frozen=True)
+class Pause:
+    keys: list[str]
+    args: list[str | int | float]
+
+
+Step = Snapshot | ZepRead | AfterRead | RunGuard | Pause
+Flow = Generator[Step, Any, Result]
+
+
+def check_request(thread_id: object, view: object) -> None:
+    if not isinstance(thread_id, str) or not _THREAD_ID.fullmatch(thread_id):
+        raise InvalidRequest("thread_id must match [A-Za-z0-9._:@-]{1,256}")
+    if view not in VIEWS:
+        raise InvalidRequest(f"view must be one of {', '.join(VIEWS)}; got {view!r}")
+
+
+@dataclass
+class ReadPolicy:
+    """What one process needs to decide a read; shared by the sync and async paths."""
+
+    settings: Settings
+    keys: Keys
+    guard: Guard
+    local: LocalGuard
+    clock: Clock
+    perf: Callable[[], float] = time.perf_counter
+    _last_block_log: float = field(default=0.0, repr=False)
+
+    @property
+    def base(self) -> Mode:
+        return base_mode(write=self.settings.flag_zep_write, read=self.settings.flag_zep_read)
+
+    def flow(self, thread_id: str, view: str) -> Flow:
+        started = self.perf()
+        check_request(thread_id, view)
+        metrics.safe_inc(metrics.context_requests)
+        base = self.base
+        meta = _Meta(self.perf, started, base)
+        if not base.reads:
+            return None, meta.done(source="disabled", reason="reads_disabled")
+
+        now = self.clock()
+        cache_key = self.keys.context(thread_id, view)
+        snapshot = yield Snapshot([self.keys.forced, cache_key, self.keys.rate_limited_until])
+        shared = snapshot is not None
+        if snapshot is None:
+            forced = self.local.forced(now)
+            entry, paused = None, self.local.rate_limited(now)
+        else:
+            forced = parse_forced(snapshot[0], now, self.settings.grace_seconds)
+            entry, paused = cache.decode(snapshot[1]), _float(snapshot[2]) > now
+        if forced is not None:
+            self._log_blocked(thread_id, forced)
+            return None, meta.blocked(forced)
+        if entry is not None and entry.context is not None:
+            metrics.safe_inc(metrics.context_cache_hits)
+            return entry.context, meta.done(source="zep", used=True, cached=True)
+        if entry is not None:
+            return None, meta.done(source="negative_cache", reason=entry.reason, cached=True)
+        if paused:
+            return None, meta.done(source="rate_limited", reason=Reason.RATE_LIMITED.value)
+
+        remaining = self.settings.read_timeout_ms / 1000 - (self.perf() - started)
+        call_started = self.perf()
+        outcome: ReadResult = Failure(Reason.TIMEOUT)
+        if remaining > 0.002:
+            outcome = yield ZepRead(thread_id, _lastn(view, self.settings), remaining)
+        took = self.perf() - call_started
+        metrics.safe_inc(metrics.read_requests)
+        metrics.safe_observe(metrics.read_latency, took)
+
+        if isinstance(outcome, Memory):
+            context = shape(view, outcome, self.settings.recent_lastn)
+            median = yield self._after_read(cache_key, cache.positive(context),
+                                            self.settings.cache_ttl_seconds, took, success=True)
+            self.local.reset()
+            if took * 1000 > 0.8 * self.settings.read_timeout_ms:
+                log_event(log, "zep_context_slow", logging.WARNING, thread_id=thread_id,
+                          took_ms=round(took * 1000, 1))
+            decision = None
+            if self._too_slow(median):
+                decision = yield from self._force("latency", shared, now)
+            mode = effective_mode(base, decision.record if decision else None)
+            return context, meta.done(source="zep", used=True, mode=mode)
+
+        reason = outcome.reason
+        metrics.safe_inc(metrics.context_failures, reason=reason.value)
+        negative = cache.negative(reason.value) if reason in _NEGATIVE else ""
+        yield self._after_read(cache_key, negative, self.settings.negative_cache_ttl_seconds,
+                               took, success=False)
+        decision = None
+        if reason is Reason.AUTH:
+            decision = yield from self._force("auth", shared, now)
+        elif reason in _GUARDED:
+            if reason is Reason.TIMEOUT:
+                log_event(log, "zep_context_timeout", logging.WARNING, thread_id=thread_id,
+                          took_ms=round(took * 1000, 1))
+            decision = yield from self._count_failure(shared, now)
+        elif reason is Reason.RATE_LIMITED:
+            yield from self._pause(outcome, shared, now)
+        mode = effective_mode(base, decision.record if decision else None)
+        return None, meta.done(source="error", reason=reason.value, mode=mode)
+
+    def _after_read(self, cache_key: str, value: str, ttl_seconds: int, took: float,
+                    *, success: bool) -> AfterRead:
+        keys = [cache_key, self.keys.read_latencies, self.keys.consecutive_failures,
+                self.keys.failure_window_start, self.keys.probe_failures]
+        track = self.settings.latency_downgrade_ms > 0
+        args: list[str | int | float] = [
+            int(self.clock() * 1000), round(took * 1000, 3), uuid.uuid4().hex[:12], value,
+            ttl_seconds * 1000, "1" if success else "0", LATENCY_WINDOW_MS,
+            LATENCY_MIN_SAMPLES, LATENCY_MAX_SAMPLES, "1" if track else "0",
+        ]
+        return AfterRead(keys, args)
+
+    def _too_slow(self, median: object) -> bool:
+        threshold = self.settings.latency_downgrade_ms
+        return threshold > 0 and median is not None and _float(median) > threshold
+
+    def _force(self, reason: str, shared: bool, now: float) -> Generator[Step, Any, Decision]:
+        if shared:
+            call = self.guard.force_call(reason)
+            reply = yield RunGuard(call)
+            if reply is not None:
+                return self.guard.conclude(call, reply)
+        return self._local_decision(self.local.force_now(reason, now))
+
+    def _count_failure(self, shared: bool, now: float) -> Generator[Step, Any, Decision]:
+        if shared:
+            call = self.guard.failure_call()
+            reply = yield RunGuard(call)
+            if reply is not None:
+                return self.guard.conclude(call, reply)
+        return self._local_decision(self.local.record_failure(now))
+
+    def _pause(self, outcome: Failure, shared: bool, now: float) -> Generator[Step, Any, None]:
+        wait = outcome.retry_after_seconds if outcome.retry_after_seconds is not None else 5.0
+        until = now + min(wait, 300.0)
+        self.local.pause(until)
+        if shared:
+            yield Pause([self.keys.rate_limited_until], [until, int(min(wait, 300.0) * 1000) + 1])
+
+    def _local_decision(self, record: ForcedRecord | None) -> Decision:
+        if record is None:
+            return Decision(0)
+        metrics.safe_inc(metrics.downgrades, reason=record.reason)
+        log_event(log, "memory_mode_forced", logging.WARNING, prev_mode=self.base.value,
+                  next_mode=effective_mode(self.base, record).value, reason=record.reason,
+                  source="local", hold_seconds=record.hold_seconds, until=record.until)
+        return Decision(0, forced=True, record=record)
+
+    def _log_blocked(self, thread_id: str, forced: ForcedRecord) -> None:
+        """One line per second per process at most: a forced deployment must not flood logs."""
+        moment = self.perf()
+        if moment - self._last_block_log >= 1.0:
+            self._last_block_log = moment
+            log_event(log, "zep_read_blocked_forced_mode", thread_id=thread_id,
+                      reason=forced.reason)
+
+
+class _Meta:
+    def __init__(self, perf: Callable[[], float], started: float, base: Mode) -> None:
+        self._perf, self._started, self._base = perf, started, base
+
+    def done(self, *, source: str, used: bool = False, cached: bool = False,
+             reason: str | None = None, mode: Mode | None = None) -> Meta:
+        return {
+            "mode": (mode or self._base).value, "used": used, "cached": cached,
+            "source": source, "took_ms": round((self._perf() - self._started) * 1000, 3),
+            "reason": reason,
+        }
+
+    def blocked(self, forced: ForcedRecord) -> Meta:
+        meta = self.done(source="write_only_forced", reason=forced.reason,
+                         mode=effective_mode(self._base, forced))
+        meta["until"] = forced.until
+        return meta
+
+
+def shape(view: str, memory: Memory, recent_lastn: int) -> Context:
+    if view == "summary":
+        return {"summary": memory.summary, "context": memory.context,
+                "messages": [dict(m) for m in memory.messages[-SUMMARY_MESSAGES:]]}
+    if view == "recent":
+        return {"messages": [dict(m) for m in memory.messages[-recent_lastn:]]}
+    return {"facts": list(memory.facts)}
+
+
+def _lastn(view: str, settings: Settings) -> int:
+    return settings.recent_lastn if view == "recent" else SUMMARY_MESSAGES
+
+
+def _float(value: object) -> float:
+    try:
+        return float(value) if value is not None else 0.0  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return 0.0

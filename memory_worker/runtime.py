@@ -1,0 +1,233 @@
+"""The read path's wiring in one process: Redis clients, the Zep client, and the drivers.
+
+``fetch_thread_context`` and ``afetch_thread_context`` run ``ReadPolicy.flow``
+and perform each step it yields: synchronously with redis-py and the Zep
+client's thread-bounded calls, or asynchronously with ``redis.asyncio`` and the
+SDK's async client, so an event loop is never blocked.
+
+A Redis step that fails marks Redis down for this process for one second: the
+following reads skip Redis at once (no socket timeout paid per read) and fail
+open onto the process's ``LocalGuard``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import threading
+import time
+import weakref
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import redis
+import redis.asyncio as aredis
+from redis.asyncio.retry import Retry as AsyncRetry
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+
+from memory_worker import metrics
+from memory_worker.clock import Clock, system_clock
+from memory_worker.config import Settings
+from memory_worker.connections import redis_client
+from memory_worker.fallback import LocalGuard
+from memory_worker.guard import SCRIPT as GUARD_SCRIPT
+from memory_worker.guard import Guard
+from memory_worker.keys import Keys
+from memory_worker.probe import Prober
+from memory_worker.reader import (
+    AFTER_READ,
+    PAUSE,
+    AfterRead,
+    Context,
+    Flow,
+    Meta,
+    Pause,
+    ReadPolicy,
+    RunGuard,
+    Snapshot,
+    Step,
+    ZepRead,
+)
+from memory_worker.zep import ZepClient
+
+# A Redis that does not answer must cost a read milliseconds, not its budget.
+READ_PATH_REDIS_TIMEOUT_S = 0.05
+REDIS_DOWN_BACKOFF_S = 1.0
+
+_REDIS_OP = {Snapshot: "cache", AfterRead: "cache", RunGuard: "guard", Pause: "rate_limit"}
+
+
+class Runtime:
+    """Everything one process needs to read context; built once, shared by threads."""
+
+    def __init__(self, settings: Settings, *, clock: Clock = system_clock,
+                 zep: ZepClient | None = None) -> None:
+        self.settings = settings
+        self.keys = Keys(settings.key_prefix)
+        self.clock = clock
+        self.conn = redis.Redis.from_url(
+            settings.redis_url, decode_responses=True, retry=Retry(NoBackoff(), 0),
+            socket_timeout=READ_PATH_REDIS_TIMEOUT_S,
+            socket_connect_timeout=READ_PATH_REDIS_TIMEOUT_S,
+        )
+        self.guard = Guard(self.conn, settings, keys=self.keys, clock=clock)
+        self.policy = ReadPolicy(settings, self.keys, self.guard, LocalGuard(settings), clock)
+        self._zep = zep
+        self._zep_lock = threading.Lock()
+        self._scripts = {
+            AfterRead: self.conn.register_script(AFTER_READ),
+            RunGuard: self.conn.register_script(GUARD_SCRIPT),
+            Pause: self.conn.register_script(PAUSE),
+        }
+        self._async: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _AsyncRedis] = (
+            weakref.WeakKeyDictionary()
+        )
+        self._redis_down_until = 0.0
+
+    @property
+    def zep(self) -> ZepClient:
+        if self._zep is None:
+            with self._zep_lock:
+                if self._zep is None:
+                    self._zep = ZepClient.from_settings(self.settings)
+        return self._zep
+
+    def prober(self) -> Prober:
+        """The recovery probe, on a connection with operator timeouts (it is off the hot path)."""
+        return Prober(redis_client(self.settings.redis_url), self.settings, self.zep,
+                      clock=self.clock, keys=self.keys)
+
+    # synchronous
+
+    def fetch(self, thread_id: str, view: str = "summary") -> tuple[Context | None, Meta]:
+        flow = self.policy.flow(thread_id, view)
+        try:
+            step = next(flow)
+            while True:
+                step = flow.send(self._perform(step))
+        except StopIteration as stop:
+            result: tuple[Context | None, Meta] = stop.value
+            return result
+
+    def _perform(self, step: Step) -> Any:
+        if isinstance(step, ZepRead):
+            return self.zep.get_memory(step.thread_id, step.lastn, step.budget_seconds)
+        return self._guarded(step, lambda: self._redis_step(step))
+
+    def _redis_step(self, step: Step) -> Any:
+        if isinstance(step, Snapshot):
+            return self.conn.mget(step.keys)
+        if isinstance(step, RunGuard):
+            return self._scripts[RunGuard](keys=step.call.keys, args=step.call.args)
+        assert isinstance(step, AfterRead | Pause)
+        return self._scripts[type(step)](keys=step.keys, args=step.args)
+
+    def _guarded(self, step: Step, run: Callable[[], Any]) -> Any:
+        if time.monotonic() < self._redis_down_until:
+            return None
+        try:
+            return run()
+        except redis.RedisError:
+            self._redis_failed(step)
+            return None
+
+    def _redis_failed(self, step: Step) -> None:
+        self._redis_down_until = time.monotonic() + REDIS_DOWN_BACKOFF_S
+        metrics.safe_inc(metrics.redis_errors, op=_REDIS_OP.get(type(step), "cache"))
+
+    # asynchronous
+
+    async def afetch(self, thread_id: str, view: str = "summary") -> tuple[Context | None, Meta]:
+        flow: Flow = self.policy.flow(thread_id, view)
+        state = self._async_redis()
+        try:
+            step = next(flow)
+            while True:
+                step = flow.send(await self._aperform(step, state))
+        except StopIteration as stop:
+            result: tuple[Context | None, Meta] = stop.value
+            return result
+
+    async def _aperform(self, step: Step, state: _AsyncRedis) -> Any:
+        if isinstance(step, ZepRead):
+            return await self.zep.aget_memory(step.thread_id, step.lastn, step.budget_seconds)
+        if time.monotonic() < self._redis_down_until:
+            return None
+        try:
+            return await state.perform(step)
+        except redis.RedisError:
+            self._redis_failed(step)
+            return None
+
+    def _async_redis(self) -> _AsyncRedis:
+        loop = asyncio.get_running_loop()
+        state = self._async.get(loop)
+        if state is None:
+            state = self._async[loop] = _AsyncRedis(self.settings.redis_url)
+        return state
+
+
+class _AsyncRedis:
+    """The asyncio Redis client and scripts of one event loop."""
+
+    def __init__(self, url: str) -> None:
+        self.conn = aredis.Redis.from_url(
+            url, decode_responses=True, retry=AsyncRetry(NoBackoff(), 0),
+            socket_timeout=READ_PATH_REDIS_TIMEOUT_S,
+            socket_connect_timeout=READ_PATH_REDIS_TIMEOUT_S,
+        )
+        self.after_read = self.conn.register_script(AFTER_READ)
+        self.guard = self.conn.register_script(GUARD_SCRIPT)
+        self.pause = self.conn.register_script(PAUSE)
+
+    def perform(self, step: Step) -> Awaitable[Any]:
+        if isinstance(step, Snapshot):
+            return self.conn.mget(step.keys)
+        if isinstance(step, RunGuard):
+            return self.guard(keys=step.call.keys, args=step.call.args)
+        if isinstance(step, AfterRead):
+            return self.after_read(keys=step.keys, args=step.args)
+        assert isinstance(step, Pause)
+        return self.pause(keys=step.keys, args=step.args)
+
+
+_default: tuple[int, Runtime] | None = None
+_default_lock = threading.Lock()
+
+
+def configure(settings: Settings | None = None, *, clock: Clock = system_clock,
+              zep: ZepClient | None = None) -> Runtime:
+    """Set this process's runtime (an application at start-up, or a test)."""
+    runtime = Runtime(settings or Settings.from_env(), clock=clock, zep=zep)
+    with _default_lock:
+        _install(runtime)
+    return runtime
+
+
+def _install(runtime: Runtime) -> None:
+    global _default
+    _default = (os.getpid(), runtime)
+
+
+def default_runtime() -> Runtime:
+    """The process's runtime, built from the environment on first use (and after a fork)."""
+    current = _default
+    if current is not None and current[0] == os.getpid():
+        return current[1]
+    with _default_lock:
+        if _default is None or _default[0] != os.getpid():
+            _install(Runtime(Settings.from_env()))
+        assert _default is not None
+        return _default[1]
+
+
+def fetch_thread_context(thread_id: str, view: str = "summary") -> tuple[Context | None, Meta]:
+    """The thread's context within MEMORY_READ_TIMEOUT_MS; never raises for a fault."""
+    return default_runtime().fetch(thread_id, view)
+
+
+async def afetch_thread_context(thread_id: str, view: str = "summary"
+                                ) -> tuple[Context | None, Meta]:
+    """``fetch_thread_context`` for asyncio: never blocks the event loop."""
+    return await default_runtime().afetch(thread_id, view)

@@ -1,0 +1,355 @@
+"""fetch_thread_context: every row of SPEC §5 over real HTTP (SDK → simulator), real Redis."""
+
+from __future__ import annotations
+
+import dataclasses
+import email.utils
+import json
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import redis
+from prometheus_client import REGISTRY
+
+from memory_worker.config import Settings
+from memory_worker.errors import InvalidRequest
+from memory_worker.keys import Keys
+from memory_worker.runtime import Runtime
+from memory_worker.zep import ZepClient
+from memory_worker.zep_sim import Fault, ZepSimulator
+from tests.conftest import FakeClock
+
+MEMORY = "*/sessions/*/memory"
+
+
+def sample(name: str, labels: dict[str, str] | None = None) -> float:
+    return REGISTRY.get_sample_value(name, labels or {}) or 0.0
+
+
+@pytest.fixture
+def runtime(read_settings: Settings, clock: FakeClock, conn: redis.Redis) -> Iterator[Runtime]:
+    rt = Runtime(read_settings, clock=clock)
+    yield rt
+    rt.zep.close()
+
+
+def seed_thread(sim: ZepSimulator, thread_id: str, count: int) -> None:
+    client = ZepClient(sim.url, "test-key")
+    client.add_session(thread_id)
+    roles = ["user", "assistant"]
+    messages = [
+        {"uuid": f"00000000-0000-4000-8000-{i:012d}", "role": roles[i % 2],
+         "role_type": roles[i % 2], "content": f"message {i}", "metadata": None}
+        for i in range(count)
+    ]
+    assert client.add_messages(thread_id, messages).__class__.__name__ == "Written"  # type: ignore[arg-type]
+    client.close()
+
+
+def test_a_successful_read_returns_the_summary_view_and_caches_it(
+    runtime: Runtime, sim: ZepSimulator
+) -> None:
+    """Success: summary, context, last 4 messages oldest first; then a cache hit."""
+    seed_thread(sim, "t-1", 6)
+    sim.seed("t-1", summary="Looking for a 2+1 in Kyrenia", context="Budget 150k")
+    requests_before = sample("memory_zep_context_requests_total")
+    hits_before = sample("memory_zep_context_cache_hits_total")
+
+    context, meta = runtime.fetch("t-1", "summary")
+    assert context == {
+        "summary": "Looking for a 2+1 in Kyrenia", "context": "Budget 150k",
+        "messages": [{"role": r, "role_type": r, "content": f"message {i}"}
+                     for i, r in [(2, "user"), (3, "assistant"), (4, "user"), (5, "assistant")]],
+    }
+    assert meta["source"] == "zep" and meta["used"] is True and meta["cached"] is False
+    assert meta["mode"] == "read_write" and meta["reason"] is None
+    assert isinstance(meta["took_ms"], float)
+
+    again, meta2 = runtime.fetch("t-1", "summary")
+    assert again == context and meta2["cached"] is True and meta2["source"] == "zep"
+    assert len(sim.requests("GET", MEMORY)) == 1
+    assert sample("memory_zep_context_requests_total") == requests_before + 2
+    assert sample("memory_zep_context_cache_hits_total") == hits_before + 1
+
+
+def test_recent_view_returns_the_last_n_messages(runtime: Runtime, sim: ZepSimulator) -> None:
+    """recent → {"messages": [last MEMORY_RECENT_LASTN]}."""
+    seed_thread(sim, "t-2", 15)
+    context, _ = runtime.fetch("t-2", "recent")
+    assert context is not None
+    assert [m["content"] for m in context["messages"]] == [f"message {i}" for i in range(3, 15)]
+
+
+def test_facts_view_returns_the_facts(runtime: Runtime, sim: ZepSimulator) -> None:
+    """facts → {"facts": [str]}."""
+    sim.seed("t-3", facts=["Prefers Kyrenia", "Has a dog"])
+    context, meta = runtime.fetch("t-3", "facts")
+    assert context == {"facts": ["Prefers Kyrenia", "Has a dog"]} and meta["used"] is True
+
+
+def test_the_positive_cache_lives_for_the_configured_ttl(
+    runtime: Runtime, sim: ZepSimulator, conn: redis.Redis, keys: Keys
+) -> None:
+    """The entry carries MEMORY_CACHE_TTL_SECONDS."""
+    sim.seed("t-ttl", summary="s")
+    runtime.fetch("t-ttl", "summary")
+    assert 29_000 < conn.pttl(keys.context("t-ttl", "summary")) <= 30_000
+
+
+def test_not_found_is_negative_cached_with_its_reason(
+    runtime: Runtime, sim: ZepSimulator, conn: redis.Redis, keys: Keys
+) -> None:
+    """404: None, not_found; the next read is a negative-cache hit keeping the reason."""
+    context, meta = runtime.fetch("nobody", "summary")
+    assert context is None and meta["reason"] == "not_found" and meta["source"] == "error"
+    assert meta["used"] is False
+    context, meta = runtime.fetch("nobody", "summary")
+    assert meta["source"] == "negative_cache" and meta["reason"] == "not_found"
+    assert len(sim.requests("GET", MEMORY)) == 1
+    assert 2_000 < conn.pttl(keys.context("nobody", "summary")) <= 3_000
+    assert conn.get(keys.consecutive_failures) is None
+
+
+@pytest.mark.parametrize("status", [401, 403])
+def test_auth_failure_forces_write_only_at_once_and_reads_stop_calling_zep(
+    runtime: Runtime, sim: ZepSimulator, conn: redis.Redis, keys: Keys, status: int
+) -> None:
+    """401/403: reason auth, forced at once; while forced, the simulator sees no read."""
+    sim.add_fault(Fault(method="GET", path=MEMORY, status=status))
+    before = sample("memory_zep_downgrades_total", {"reason": "auth"})
+    context, meta = runtime.fetch("t-auth", "summary")
+    assert context is None and meta["reason"] == "auth" and meta["source"] == "error"
+    assert meta["mode"] == "write_only"
+    assert json.loads(conn.get(keys.forced) or "")["reason"] == "auth"
+    assert sample("memory_zep_downgrades_total", {"reason": "auth"}) == before + 1
+
+    sim.reset_requests()
+    for thread in ("t-auth", "other", "third"):
+        context, meta = runtime.fetch(thread, "recent")
+        assert context is None and meta["source"] == "write_only_forced"
+        assert meta["reason"] == "auth" and meta["until"] > 0 and meta["mode"] == "write_only"
+    assert sim.requests() == []
+
+
+@pytest.mark.parametrize(
+    ("fault", "reason"),
+    [
+        (Fault(method="GET", path=MEMORY, latency_ms=600), "timeout"),
+        (Fault(method="GET", path=MEMORY, status=408), "timeout"),
+        (Fault(method="GET", path=MEMORY, status=500), "server_error"),
+        (Fault(method="GET", path=MEMORY, status=503), "server_error"),
+        (Fault(method="GET", path=MEMORY, status=502, raw_body="<html>bad gateway</html>"),
+         "server_error"),
+        (Fault(method="GET", path=MEMORY, drop=True), "connection_error"),
+        (Fault(method="GET", path=MEMORY, reset=True), "connection_error"),
+    ],
+)
+def test_timeouts_5xx_and_connection_errors_count_a_failure(
+    runtime: Runtime, sim: ZepSimulator, conn: redis.Redis, keys: Keys, fault: Fault,
+    reason: str,
+) -> None:
+    """Each returns None with its reason and adds one to the shared failure count."""
+    sim.seed("t-f", summary="s")
+    sim.add_fault(fault)
+    before = sample("memory_zep_context_failures_total", {"reason": reason})
+    context, meta = runtime.fetch("t-f", "summary")
+    assert context is None and meta["reason"] == reason and meta["source"] == "error"
+    assert conn.get(keys.consecutive_failures) == "1"
+    assert sample("memory_zep_context_failures_total", {"reason": reason}) == before + 1
+    negative = conn.get(keys.context("t-f", "summary"))
+    if reason == "timeout":
+        assert negative is not None and json.loads(negative)["reason"] == "timeout"
+    else:
+        assert negative is None
+
+
+def test_three_failures_force_write_only_with_consecutive_failures(
+    runtime: Runtime, sim: ZepSimulator, conn: redis.Redis, keys: Keys
+) -> None:
+    """The third 5xx inside the window downgrades; the fourth read is blocked."""
+    sim.add_fault(Fault(method="GET", path=MEMORY, status=500))
+    for thread in ("a", "b", "c"):
+        runtime.fetch(thread, "summary")
+    assert json.loads(conn.get(keys.forced) or "")["reason"] == "consecutive_failures"
+    _, meta = runtime.fetch("d", "summary")
+    assert meta["source"] == "write_only_forced"
+
+
+def test_a_success_resets_the_failure_count(
+    runtime: Runtime, sim: ZepSimulator, conn: redis.Redis, keys: Keys
+) -> None:
+    """Two failures, a success: the counter is gone."""
+    sim.seed("ok", summary="s")
+    fault = sim.add_fault(Fault(method="GET", path=MEMORY, status=500))
+    runtime.fetch("x1", "summary")
+    runtime.fetch("x2", "summary")
+    sim.remove_fault(fault)
+    runtime.fetch("ok", "summary")
+    assert conn.get(keys.consecutive_failures) is None and conn.exists(keys.forced) == 0
+
+
+@pytest.mark.parametrize(
+    ("headers", "expected_wait"),
+    [({"Retry-After": "7"}, 7.0), ({}, 5.0), ({"Retry-After": "100000"}, 300.0)],
+)
+def test_429_pauses_reads_in_every_process_until_retry_after(
+    runtime: Runtime, sim: ZepSimulator, conn: redis.Redis, keys: Keys, clock: FakeClock,
+    headers: dict[str, str], expected_wait: float,
+) -> None:
+    """429: rate_limited, no failure counted; other reads skip Zep until Retry-After."""
+    sim.add_fault(Fault(method="GET", path=MEMORY, status=429, headers=headers, times=1))
+    context, meta = runtime.fetch("t-429", "summary")
+    assert context is None and meta["reason"] == "rate_limited"
+    assert conn.get(keys.consecutive_failures) is None
+    until = float(conn.get(keys.rate_limited_until) or 0)
+    assert until == pytest.approx(clock() + expected_wait, abs=1.0)
+
+    sim.reset_requests()
+    context, meta = runtime.fetch("another-thread", "recent")
+    assert meta["source"] == "rate_limited" and meta["reason"] == "rate_limited"
+    assert sim.requests() == []
+
+
+def test_429_with_an_http_date_retry_after(
+    runtime: Runtime, sim: ZepSimulator, conn: redis.Redis, keys: Keys
+) -> None:
+    """Retry-After as an HTTP-date is honoured too."""
+    import time
+
+    when = email.utils.formatdate(time.time() + 20, usegmt=True)
+    sim.add_fault(Fault(method="GET", path=MEMORY, status=429, headers={"Retry-After": when}))
+    runtime.fetch("t-date", "summary")
+    until = float(conn.get(keys.rate_limited_until) or 0)
+    assert until - runtime.clock() == pytest.approx(20, abs=2)
+
+
+@pytest.mark.parametrize("status", [400, 409, 422])
+def test_other_4xx_is_a_client_error_without_guard_effects(
+    runtime: Runtime, sim: ZepSimulator, conn: redis.Redis, keys: Keys, status: int
+) -> None:
+    """Other 4xx: client_error; nothing counted, nothing forced, nothing cached."""
+    sim.add_fault(Fault(method="GET", path=MEMORY, status=status))
+    context, meta = runtime.fetch("t-4xx", "summary")
+    assert context is None and meta["reason"] == "client_error"
+    assert conn.get(keys.consecutive_failures) is None and conn.exists(keys.forced) == 0
+    assert conn.get(keys.context("t-4xx", "summary")) is None
+
+
+@pytest.mark.parametrize(
+    ("thread_id", "view"),
+    [("", "summary"), ("a/b", "summary"), ("x" * 257, "summary"), ("ok", "everything"),
+     (None, "summary"), ("t", None)],
+)
+def test_invalid_arguments_raise_invalid_request_and_call_nothing(
+    runtime: Runtime, sim: ZepSimulator, thread_id: Any, view: Any
+) -> None:
+    """A bad thread_id or view is the caller's bug: InvalidRequest, a ValueError."""
+    with pytest.raises(InvalidRequest) as info:
+        runtime.fetch(thread_id, view)
+    assert isinstance(info.value, ValueError)
+    assert sim.requests() == []
+
+
+@pytest.mark.parametrize(("write", "read", "mode"), [(True, False, "write_only"),
+                                                     (False, False, "off")])
+def test_reads_disabled_by_flags_return_disabled(
+    read_settings: Settings, sim: ZepSimulator, conn: redis.Redis, write: bool, read: bool,
+    mode: str,
+) -> None:
+    """Without FLAG_ZEP_READ the read returns at once with source disabled."""
+    rt = Runtime(dataclasses.replace(read_settings, flag_zep_write=write, flag_zep_read=read))
+    context, meta = rt.fetch("t", "summary")
+    assert context is None and meta["source"] == "disabled" and meta["mode"] == mode
+    assert sim.requests() == []
+
+
+def test_read_only_base_mode_reads_and_forced_gives_off(
+    read_settings: Settings, sim: ZepSimulator, conn: redis.Redis
+) -> None:
+    """read_only reads; an auth failure makes it off (writes were never on)."""
+    rt = Runtime(dataclasses.replace(read_settings, flag_zep_write=False))
+    sim.seed("ro", summary="s")
+    assert rt.fetch("ro", "summary")[1]["mode"] == "read_only"
+    sim.add_fault(Fault(method="GET", path=MEMORY, status=401))
+    assert rt.fetch("ro2", "summary")[1]["mode"] == "off"
+
+
+def test_a_record_past_until_still_blocks_reads(
+    runtime: Runtime, sim: ZepSimulator, clock: FakeClock
+) -> None:
+    """Only a probe or clear lifts the record, not the passing of `until`."""
+    sim.add_fault(Fault(method="GET", path=MEMORY, status=401, times=1))
+    runtime.fetch("t", "summary")
+    clock.advance(301)
+    assert runtime.fetch("t", "summary")[1]["source"] == "write_only_forced"
+    clock.advance(120)  # hold + grace: as good as gone, the read acts as the probe
+    sim.seed("t", summary="back")
+    context, meta = runtime.fetch("t", "summary")
+    assert meta["source"] == "zep" and context is not None
+
+
+def test_latency_downgrade_forces_when_the_median_is_too_slow(
+    read_settings: Settings, sim: ZepSimulator, conn: redis.Redis, keys: Keys
+) -> None:
+    """≥5 reads in 30 s with a median over MEMORY_LATENCY_DOWNGRADE_MS force reason latency."""
+    rt = Runtime(dataclasses.replace(read_settings, latency_downgrade_ms=60))
+    sim.add_fault(Fault(method="GET", path=MEMORY, latency_ms=90))
+    for i in range(4):
+        sim.seed(f"slow{i}", summary="s")
+        rt.fetch(f"slow{i}", "summary")
+        assert conn.exists(keys.forced) == 0
+    sim.seed("slow4", summary="s")
+    _, meta = rt.fetch("slow4", "summary")
+    assert json.loads(conn.get(keys.forced) or "")["reason"] == "latency"
+    assert meta["mode"] == "write_only" and meta["used"] is True
+
+
+def test_latency_downgrade_can_be_disabled(
+    read_settings: Settings, sim: ZepSimulator, conn: redis.Redis, keys: Keys
+) -> None:
+    """MEMORY_LATENCY_DOWNGRADE_MS=0 records nothing and never forces."""
+    rt = Runtime(dataclasses.replace(read_settings, latency_downgrade_ms=0))
+    sim.add_fault(Fault(method="GET", path=MEMORY, latency_ms=30))
+    for i in range(6):
+        sim.seed(f"s{i}", summary="s")
+        rt.fetch(f"s{i}", "summary")
+    assert conn.exists(keys.forced) == 0 and conn.exists(keys.read_latencies) == 0
+
+
+def test_shadow_mode_keeps_reading_through_failures(
+    read_settings: Settings, sim: ZepSimulator, conn: redis.Redis, keys: Keys
+) -> None:
+    """DISABLE_AUTO_DOWNGRADE: the guard counts but reads keep going to Zep."""
+    rt = Runtime(dataclasses.replace(read_settings, disable_auto_downgrade=True))
+    sim.add_fault(Fault(method="GET", path=MEMORY, status=401))
+    for i in range(4):
+        _, meta = rt.fetch(f"t{i}", "summary")
+        assert meta["source"] == "error"
+    assert conn.exists(keys.forced) == 0
+    assert len(sim.requests("GET", MEMORY)) == 4
+
+
+def test_invalidate_removes_positive_and_negative_entries(
+    runtime: Runtime, sim: ZepSimulator, conn: redis.Redis, keys: Keys
+) -> None:
+    """invalidate deletes mem:ctx:{thread}:summary|recent|facts."""
+    from memory_worker import cache
+
+    sim.seed("inv", summary="s")
+    runtime.fetch("inv", "summary")
+    runtime.fetch("inv", "facts")
+    conn.set(keys.context("inv", "recent"), cache.negative("not_found"))
+    assert cache.invalidate(conn, keys, "inv") == 3
+    assert conn.exists(*keys.contexts("inv")) == 0
+
+
+@pytest.mark.parametrize("garbage", ["{", "[]", '{"context": 3}', '{"negative": true}'])
+def test_garbage_in_the_cache_reads_as_a_miss(
+    runtime: Runtime, sim: ZepSimulator, conn: redis.Redis, keys: Keys, garbage: str
+) -> None:
+    """A corrupt entry is ignored and replaced, never raised."""
+    sim.seed("g", summary="fresh")
+    conn.set(keys.context("g", "summary"), garbage)
+    context, meta = runtime.fetch("g", "summary")
+    assert context is not None and context["summary"] == "fresh" and meta["cached"] is False
