@@ -1,18 +1,57 @@
-"""The write circuit breaker's shared state (SPEC §6, §8).
+"""The write circuit breaker, shared by every worker process through Redis (SPEC §6, §8).
 
 One Redis hash per deployment, ``mem:write:circuit:v1``: ``state`` is
 ``closed`` or ``open``; an open circuit carries ``reopen_at`` (epoch seconds),
 after which it is *half-open*: one trial call is admitted across all workers.
+
+The numbers (``BreakerPolicy``, every one a parameter):
+
+* **5 consecutive failures** open the circuit. A write call has a 1.5 s
+  budget, so five failures in a row is a Zep that is down, not a blip, and
+  the circuit opens within seconds of an outage instead of letting every
+  worker burn its budget against it.
+* **A failure rate of 50 % over at least 20 calls in 30 s** opens it too. This
+  catches a flapping Zep whose odd success keeps breaking the run; the floor
+  of 20 calls keeps a quiet deployment from opening on two failures out of
+  three. The window is ten buckets of 3 s, so it slides in 3 s steps.
+* **Open for 30 s**, doubled after each failed trial, **capped at 300 s** (the
+  write retry cap). Tasks reschedule to ``reopen_at``, so with default retries
+  a write outlives a 30-minute outage.
+* **A trial lease of 15 s**: one write attempt (a session call and a few
+  batches at 1.5 s each) fits twice over, and a trial whose worker died stops
+  blocking the circuit after that.
+
+Only timeouts, 5xx and connection errors are failures (``record_failure``);
+any other answer from Zep, 4xx, 429 and auth included, shows that Zep is up
+and is recorded with ``record_success``: the caller decides.
+
+Every operation is one Lua script, given ``now`` from the injected clock, so
+no process reads state and writes it back in two steps: however many workers
+fail at once, exactly one of them opens the circuit (and counts
+``memory_circuit_breaker_opens_total`` and logs ``memory_circuit_opened``), and
+exactly one takes the trial lease. A result that comes back while the circuit
+is open and not half-open belongs to a call admitted before it opened and is
+ignored; a trial's result counts only while the circuit is half-open. A
+closed circuit's counters expire after ten idle windows: failures that far
+apart are not a run.
 """
 
 from __future__ import annotations
 
 import enum
+import logging
+from dataclasses import dataclass
 
 import redis
 
+from memory_worker import metrics
+from memory_worker.clock import Clock, system_clock
 from memory_worker.connections import as_text
+from memory_worker.errors import StateUnavailable
 from memory_worker.keys import Keys
+from memory_worker.logs import log_event
+
+log = logging.getLogger("memory_worker.breaker")
 
 
 class CircuitState(enum.StrEnum):
@@ -30,3 +69,226 @@ def circuit_state(conn: redis.Redis, keys: Keys, *, now: float) -> CircuitState:
     except ValueError:
         return CircuitState.HALF_OPEN
     return CircuitState.OPEN if now < reopen_at else CircuitState.HALF_OPEN
+
+
+@dataclass(frozen=True)
+class BreakerPolicy:
+    """When the circuit opens and for how long; the module docstring says why these."""
+
+    failure_threshold: int = 5
+    failure_rate: float = 0.5
+    min_calls: int = 20
+    window_seconds: float = 30.0
+    open_seconds: float = 30.0
+    max_open_seconds: float = 300.0
+    trial_lease_seconds: float = 15.0
+    buckets: int = 10
+
+    def __post_init__(self) -> None:
+        if self.failure_threshold < 1 or self.min_calls < 1 or self.buckets < 1:
+            raise ValueError("failure_threshold, min_calls and buckets must be at least 1")
+        if not 0 < self.failure_rate <= 1:
+            raise ValueError("failure_rate must be in (0, 1]")
+        if min(self.window_seconds, self.open_seconds, self.trial_lease_seconds) <= 0:
+            raise ValueError("durations must be positive")
+        if self.max_open_seconds < self.open_seconds:
+            raise ValueError("max_open_seconds must not be below open_seconds")
+
+    @property
+    def idle_expiry_ms(self) -> int:
+        return int(self.window_seconds * 10 * 1000)
+
+
+@dataclass(frozen=True)
+class Admission:
+    """Whether to call Zep now; when not, ``retry_at`` (epoch) is when to try again."""
+
+    allowed: bool
+    trial: bool
+    retry_at: float | None
+    state: CircuitState
+
+
+# Shared by the scripts. KEYS[1] is the hash; numbers are stored with
+# millisecond precision so ``circuit_state`` and operators can read them.
+_LUA_HELPERS = """
+local function fmt(x) return string.format('%.3f', x) end
+
+local function open(key, now, seconds, reason)
+  redis.call('DEL', key)
+  redis.call('HSET', key, 'state', 'open', 'opened_at', fmt(now),
+             'reopen_at', fmt(now + seconds), 'open_seconds', fmt(seconds), 'reason', reason)
+end
+
+-- Count one call in the current bucket; drop buckets that left the window.
+local function count(key, now, width, nbuckets, failed)
+  local bucket = math.floor(now / width)
+  redis.call('HINCRBY', key, 'c:' .. bucket, 1)
+  if failed then redis.call('HINCRBY', key, 'f:' .. bucket, 1) end
+  local calls, fails = 0, 0
+  local all = redis.call('HGETALL', key)
+  for i = 1, #all, 2 do
+    local kind = string.sub(all[i], 1, 2)
+    if kind == 'c:' or kind == 'f:' then
+      local b = tonumber(string.sub(all[i], 3))
+      if b == nil or b <= bucket - nbuckets then
+        redis.call('HDEL', key, all[i])
+      elseif kind == 'c:' then
+        calls = calls + tonumber(all[i + 1])
+      else
+        fails = fails + tonumber(all[i + 1])
+      end
+    end
+  end
+  return calls, fails
+end
+"""
+
+# ARGV: now, trial lease seconds
+# Returns {'closed'} | {'open', reopen_at} | {'busy', lease end} | {'trial', lease end}
+_ALLOW = _LUA_HELPERS + """
+local now = tonumber(ARGV[1])
+local h = redis.call('HMGET', KEYS[1], 'state', 'reopen_at', 'trial_until')
+if h[1] ~= 'open' then return {'closed'} end
+local reopen_at = tonumber(h[2]) or 0
+if now < reopen_at then return {'open', fmt(reopen_at)} end
+local trial_until = tonumber(h[3]) or 0
+if now < trial_until then return {'busy', fmt(trial_until)} end
+trial_until = now + tonumber(ARGV[2])
+redis.call('HSET', KEYS[1], 'trial_until', fmt(trial_until))
+return {'trial', fmt(trial_until)}
+"""
+
+# ARGV: now, trial (1|0), window bucket width, buckets, idle expiry ms
+# Returns {0} or {1, opened_at} when this call closed the circuit.
+_SUCCESS = _LUA_HELPERS + """
+local now = tonumber(ARGV[1])
+local h = redis.call('HMGET', KEYS[1], 'state', 'reopen_at', 'opened_at')
+if h[1] == 'open' then
+  if ARGV[2] ~= '1' or now < (tonumber(h[2]) or 0) then return {0} end
+  redis.call('DEL', KEYS[1])
+  redis.call('HSET', KEYS[1], 'state', 'closed', 'closed_at', fmt(now))
+  redis.call('PEXPIRE', KEYS[1], ARGV[5])
+  return {1, h[3] or fmt(now)}
+end
+redis.call('HSET', KEYS[1], 'consecutive', 0)
+count(KEYS[1], now, tonumber(ARGV[3]), tonumber(ARGV[4]), false)
+redis.call('PEXPIRE', KEYS[1], ARGV[5])
+return {0}
+"""
+
+# ARGV: now, trial (1|0), window bucket width, buckets, idle expiry ms,
+#       failure threshold, failure rate, min calls, open seconds, max open seconds
+# Returns {0} or {1, reason, reopen_at, open_seconds, consecutive, calls, failures}
+# when this call opened the circuit.
+_FAILURE = _LUA_HELPERS + """
+local now = tonumber(ARGV[1])
+local h = redis.call('HMGET', KEYS[1], 'state', 'reopen_at', 'open_seconds')
+if h[1] == 'open' then
+  if ARGV[2] ~= '1' or now < (tonumber(h[2]) or 0) then return {0} end
+  local base = tonumber(ARGV[9])
+  local seconds = math.min(tonumber(ARGV[10]), math.max(base, (tonumber(h[3]) or base) * 2))
+  open(KEYS[1], now, seconds, 'trial_failed')
+  return {1, 'trial_failed', fmt(now + seconds), fmt(seconds), 0, 0, 0}
+end
+local consecutive = redis.call('HINCRBY', KEYS[1], 'consecutive', 1)
+local calls, fails = count(KEYS[1], now, tonumber(ARGV[3]), tonumber(ARGV[4]), true)
+local reason = nil
+if consecutive >= tonumber(ARGV[6]) then
+  reason = 'consecutive_failures'
+elseif calls >= tonumber(ARGV[8]) and fails >= tonumber(ARGV[7]) * calls then
+  reason = 'failure_rate'
+end
+if reason == nil then
+  redis.call('PEXPIRE', KEYS[1], ARGV[5])
+  return {0}
+end
+local seconds = tonumber(ARGV[9])
+open(KEYS[1], now, seconds, reason)
+return {1, reason, fmt(now + seconds), fmt(seconds), consecutive, calls, fails}
+"""
+
+
+class Breaker:
+    """The deployment's write circuit, seen from one process.
+
+    Redis errors surface as ``StateUnavailable``: without Redis the write path
+    cannot keep its exactly-once promise, so the caller retries the task.
+    """
+
+    def __init__(self, conn: redis.Redis, keys: Keys, *, policy: BreakerPolicy | None = None,
+                 clock: Clock = system_clock) -> None:
+        self._conn = conn
+        self._keys = keys
+        self._policy = policy or BreakerPolicy()
+        self._clock = clock
+        self._allow = conn.register_script(_ALLOW)
+        self._success = conn.register_script(_SUCCESS)
+        self._failure = conn.register_script(_FAILURE)
+
+    @property
+    def policy(self) -> BreakerPolicy:
+        return self._policy
+
+    def allow(self) -> Admission:
+        """May this process call Zep now? Half-open, only the one caller that gets the trial."""
+        reply = self._run(self._allow, [self._clock(), self._policy.trial_lease_seconds])
+        verdict = reply[0]
+        if verdict == "closed":
+            return Admission(True, False, None, CircuitState.CLOSED)
+        until = float(reply[1])
+        if verdict == "trial":
+            log_event(log, "memory_circuit_trial", lease_until=until)
+            return Admission(True, True, None, CircuitState.HALF_OPEN)
+        if verdict == "busy":  # another worker's trial holds the lease
+            return Admission(False, False, until, CircuitState.HALF_OPEN)
+        return Admission(False, False, until, CircuitState.OPEN)
+
+    def record_success(self, trial: bool = False) -> bool:
+        """Zep answered (anything but a breaker failure). True when this call closed the circuit."""
+        now = self._clock()
+        reply = self._run(self._success, [now, int(trial), *self._window_args()])
+        if int(reply[0]) != 1:
+            return False
+        opened_at = float(reply[1])
+        log_event(log, "memory_circuit_closed", open_for_seconds=round(now - opened_at, 3))
+        return True
+
+    def record_failure(self, trial: bool = False) -> bool:
+        """A timeout, 5xx or connection error. True when this call opened the circuit."""
+        p = self._policy
+        reply = self._run(self._failure, [
+            self._clock(), int(trial), *self._window_args(),
+            p.failure_threshold, repr(p.failure_rate), p.min_calls,
+            repr(p.open_seconds), repr(p.max_open_seconds),
+        ])
+        if int(reply[0]) != 1:
+            return False
+        metrics.safe_inc(metrics.circuit_breaker_opens)
+        log_event(
+            log, "memory_circuit_opened", logging.WARNING,
+            reason=reply[1], reopen_at=float(reply[2]), open_seconds=float(reply[3]),
+            consecutive_failures=int(reply[4]),
+            window_calls=int(reply[5]), window_failures=int(reply[6]),
+        )
+        return True
+
+    def state(self) -> CircuitState:
+        try:
+            return circuit_state(self._conn, self._keys, now=self._clock())
+        except redis.RedisError as exc:
+            raise StateUnavailable(f"write circuit: {type(exc).__name__}") from exc
+
+    def _window_args(self) -> list[str | int]:
+        p = self._policy
+        return [repr(p.window_seconds / p.buckets), p.buckets, p.idle_expiry_ms]
+
+    def _run(self, script: redis.commands.core.Script, args: list[float | int | str]
+             ) -> list[str]:
+        """Run one script; its reply as text (Lua numbers arrive as integers)."""
+        try:
+            reply = script(keys=[self._keys.write_circuit],
+                           args=[repr(a) if isinstance(a, float) else a for a in args])
+        except redis.RedisError as exc:
+            raise StateUnavailable(f"write circuit: {type(exc).__name__}") from exc
+        return [as_text(item) or "" for item in reply]
