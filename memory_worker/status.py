@@ -9,6 +9,7 @@ import redis
 
 from memory_worker.breaker import CircuitState, circuit_state
 from memory_worker.config import Settings
+from memory_worker.dlq import replaying_key
 from memory_worker.keys import Keys
 from memory_worker.modes import ForcedRecord, Mode, base_mode, effective_mode, get_forced
 
@@ -75,8 +76,9 @@ def read_status(conn: redis.Redis, settings: Settings, keys: Keys, *, now: float
     pipe.get(keys.consecutive_failures)
     pipe.exists(keys.probe_lock)
     pipe.llen(keys.dlq)
+    pipe.llen(replaying_key(keys))  # an entry mid-replay is still a dead letter
     pipe.get(keys.rate_limited_until)
-    failures, lock, dlq_size, rate_limited = pipe.execute()
+    failures, lock, queued, replaying, rate_limited = pipe.execute()
     rate_limited_until = _as_float(rate_limited)
     if rate_limited_until is not None and rate_limited_until <= now:
         rate_limited_until = None
@@ -88,6 +90,6 @@ def read_status(conn: redis.Redis, settings: Settings, keys: Keys, *, now: float
         consecutive_failures=int(_as_float(failures) or 0),
         probe_lock=bool(lock),
         write_circuit=circuit_state(conn, keys, now=now),
-        dlq_size=int(dlq_size),
+        dlq_size=int(queued) + int(replaying),
         rate_limited_until=rate_limited_until,
     )

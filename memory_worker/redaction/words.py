@@ -1,0 +1,43 @@
+"""Words of running text, compared the way Turkish and English writers vary them.
+
+Context decisions look at words, never at characters: a placeholder or a
+redacted number between a cue word and a candidate must not change what the
+cue says, or a second redaction pass could decide differently from the first.
+"""
+
+from __future__ import annotations
+
+import re
+
+# A word is a token with at least one letter that does not continue another
+# token: not the suffix after an apostrophe (``'yı``), not the inside of a
+# placeholder. Plain figures are not words; codes such as ``REF72429`` are.
+_WORD = re.compile(r"(?<![\w\['’])(?=\d*[^\W\d_])\w++")
+
+# Casefolding turns "İ" into "i" + U+0307; drop the dot, and map the Turkish
+# letters to the ASCII ones people type on foreign keyboards.
+_FOLD = str.maketrans(
+    {"ı": "i", "ş": "s", "ç": "c", "ğ": "g", "ö": "o", "ü": "u", "â": "a", "î": "i",
+     "û": "u", "\u0307": None}
+)
+
+
+def fold(word: str) -> str:
+    """A comparison key: case-insensitive, Turkish dotted/dotless i and accents merged."""
+    return word.casefold().translate(_FOLD)
+
+
+def words_before(text: str, position: int, count: int, reach: int = 80) -> list[str]:
+    """The last ``count`` folded words that end before ``position``, nearest first."""
+    found = _WORD.findall(text, max(0, position - reach), position)
+    return [fold(word) for word in reversed(found[-count:])]
+
+
+def words_after(text: str, position: int, count: int, reach: int = 48) -> list[str]:
+    """The first ``count`` folded words from ``position`` on, nearest first."""
+    found: list[str] = []
+    for match in _WORD.finditer(text, position, position + reach):
+        found.append(fold(match.group()))
+        if len(found) == count:
+            break
+    return found

@@ -1,0 +1,167 @@
+"""Phone redaction: each written form of each region, the context rule, and the
+numbers that are not phones (prices, dates, times, IDs, codes) left intact."""
+
+from __future__ import annotations
+
+import pytest
+
+from memory_worker.redaction import redact_text
+
+
+@pytest.mark.parametrize(
+    "number",
+    [
+        "0533 123 45 67", "0 533 123 45 67", "05331234567", "0533-123-45-67",
+        "0533.123.45.67", "0 (533) 123 45 67", "(0533) 123 45 67", "0548 641 3501",
+        "+90 533 123 45 67", "+905331234567", "+90 (533) 123 4567", "+90.548.719.2184",
+        "+90-533-123-45-67", "00 90 533 289 75 21", "0090 533 289 75 21",
+    ],
+)
+def test_turkish_mobile_numbers_are_redacted_in_every_common_format(number: str) -> None:
+    """Trunk 0, +90, 00 90; spaces, dots, hyphens and parentheses."""
+    assert redact_text(f"Numaram {number}, akşam arayın.") == "Numaram [PHONE], akşam arayın."
+
+
+@pytest.mark.parametrize(
+    "number",
+    ["0392 444 29 35", "+90 392 855 74 49", "0 392 816 07 18", "+90 (392) 816 5797",
+     "+903923712355", "0212 432 63 45", "+90 (252) 819 1376", "03248217886"],
+)
+def test_north_cyprus_and_turkish_landlines_are_redacted(number: str) -> None:
+    """North Cyprus is +90 392; Turkish area codes validate the same way."""
+    assert redact_text(f"Ofis telefonu {number}.") == "Ofis telefonu [PHONE]."
+
+
+@pytest.mark.parametrize(
+    "number",
+    ["+357 24 463134", "+357 96 162 208", "00357 94 105821", "+44 7907 691000",
+     "+44 (0) 7840 048662", "+44 20 7636 2134", "07840 048662", "020 7636 2134",
+     "+49 (0)89 88570159", "+49 151 94480477", "+7 (499) 402-54-02", "+7 929 731-57-31",
+     "+1 (213) 915-1484", "+1 702-953-0863", "+1 718 332 4940"],
+)
+def test_cypriot_british_and_other_international_numbers_are_redacted(number: str) -> None:
+    """+/00 forms of any country, and British national numbers with trunk 0."""
+    assert redact_text(f"You can reach me on {number}.") == "You can reach me on [PHONE]."
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("0533 123 45 67'yi ara", "[PHONE]'yi ara"),
+        ("0548 641 3501'i arayın", "[PHONE]'i arayın"),
+        ("+7 (499) 912-79-12'yi arayın", "[PHONE]'yi arayın"),
+        ("542 553 6336'yı arayın", "[PHONE]'yı arayın"),
+        ("03248217886’dan ulaşın", "[PHONE]’dan ulaşın"),
+    ],
+)
+def test_turkish_mobile_with_suffix_is_redacted_and_suffix_kept(
+    text: str, expected: str
+) -> None:
+    """The suffix after the apostrophe is grammar, not part of the number."""
+    assert redact_text(text) == expected
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["Cep numaram 5423990708, whatsapp da var.", "Text me at 5341884068 please",
+     "Tel: 5321234567", "Call 5059876543 after six", "whatsapp: 5421234567",
+     "My number is 5331234567.", "5421234567'yi arayın", "mobile 5331234567"],
+)
+def test_bare_ten_digit_mobile_is_redacted_when_the_words_say_phone(text: str) -> None:
+    """Context words (tel, numaram, call, text, whatsapp, mobile, arayın) decide."""
+    assert "[PHONE]" in redact_text(text)
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["İlan numarası 5487175262 olan daireyi görmek istiyorum.",
+     "Order number 5485457398 - when will the furniture arrive?",
+     "Sipariş numarası 5333558585, eşyalar ne zaman gelir?",
+     "Listing 5756312806 looks perfect.", "5336524085 numaralı ilanı gördüm.",
+     "Reference 5321234567, 2 bedroom in Esentepe.", "Ref: 5321234567",
+     "Müşteri no 5321234567", "İlan no: 5421234567",
+     "Bize ulaşabilirsiniz. 5421234567 numaralı ilan hâlâ var mı?"],
+)
+def test_listing_order_and_reference_numbers_starting_with_5_are_kept(text: str) -> None:
+    """Words saying listing, order, ilan or ref win over the mobile-like shape."""
+    assert redact_text(text) == text
+
+
+def test_bare_number_grouped_like_a_phone_needs_no_context_word() -> None:
+    """``533 334 66 48`` is written the way phone numbers are written."""
+    assert redact_text("Ahmet: 533 334 66 48") == "Ahmet: [PHONE]"
+
+
+def test_a_bare_unformatted_number_without_context_is_kept() -> None:
+    """Ten bare digits alone could be anything; without words they stay."""
+    assert redact_text("Kod 5321234567 geçerli mi?") == "Kod 5321234567 geçerli mi?"
+    assert redact_text("5321234567") == "5321234567"
+
+
+def test_cypriot_eight_digit_number_is_redacted_only_with_a_phone_word() -> None:
+    """Eight digits are a date, a listing or a Cypriot number; only words tell."""
+    assert redact_text("Mob: 99 123456") == "Mob: [PHONE]"
+    assert redact_text("İlan no: 99334166") == "İlan no: 99334166"
+    assert redact_text("about listing 25524445.") == "about listing 25524445."
+
+
+def test_two_numbers_side_by_side_are_two_redactions() -> None:
+    """A run holding two numbers is cut where the second trunk 0 starts."""
+    assert redact_text("Tel 0533 123 45 67 0542 111 22 33") == "Tel [PHONE] [PHONE]"
+    assert redact_text("0533 123 45 67 / 0392 815 53 23") == "[PHONE] / [PHONE]"
+
+
+def test_a_stray_group_after_a_number_is_left_out() -> None:
+    """``... 45 67 2+1`` redacts the number and keeps the room count."""
+    assert redact_text("Tel 0533 123 45 67 2+1 daire") == "Tel [PHONE] 2+1 daire"
+
+
+def test_enclosing_parentheses_stay_outside_the_placeholder() -> None:
+    """Only an area code keeps its parentheses inside the number."""
+    assert redact_text("(0533 123 45 67)") == "([PHONE])"
+    assert redact_text("(545) 678-0231 arayın") == "[PHONE] arayın"
+
+
+def test_full_width_digits_are_read_as_digits() -> None:
+    """Digits typed on other keyboards are validated like ASCII ones."""
+    assert redact_text("Tel: ０５３３ １２３ ４５ ６７") == "Tel: [PHONE]"
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        # prices and price ranges
+        "Fiyat 23.210.000 TL, pazarlık payı var.", "Aidat aylık ₺66.500, depozito £1,550 pcm.",
+        "costs 405,000 GBP", "$1,165,000", "bütçemiz 100.000-245.000 TL", "£255,000–£380,000",
+        "Fiyat 5 250 000 TL", "€200.000-270.000",
+        # dates, date ranges, times, years
+        "Randevu 04/01/2026 saat 10:15", "on 23.09.2025.", "Teslim tarihi 2024-07-24",
+        "04.07.23", "01.01.2024-28.02.2024 tarihleri", "12/02/2026 – 04/03/2026",
+        "10-22 Nisan 2026", "Ofisimiz 09:00 - 16:00 arası", "hafta içi 10.00-20.30",
+        "built in 2006", "Tel: hafta içi 11.00-18.30 arası", "Arayın: 28.09.2024 saat 17:20",
+        # rooms, areas, coordinates
+        "2+1, 150 m², 3+1 dubleks", "1.344 m2 arsa", "248m2", "35.3228, 33.9940",
+        # IBANs, TCKN, plates, versions, references
+        "GB34 MIDL 2126 9018 4134 19", "TR27 0004 6044 7375 9735 2929 78",
+        "TR760004609629380805235606", "CY47 0185 2977 0939 0728 3671 5422",
+        "TC kimlik numaram 51052172306", "My TC ID number is 89758297634",
+        "Aracın plakası 06 CC 4480", "A car with plate 19 TRN 625",
+        "The app crashed on version v11.2.12", "Uygulama 13.10.1 sürümünde",
+        "Reference KYR-2023-22232", "Referans: 2023/4326", "Listing #38813624",
+        "https://www.kktc-ilan.com/ilan/33385479", "www.northcyprusproperty.co.uk/?ref=2029797636",
+        "listing 3625959205", "4428163510 numaralı ilanı",
+    ],
+)
+def test_figures_that_are_not_phones_are_never_redacted(text: str) -> None:
+    """Prices, dates, times, years, rooms, m², coordinates, IBAN, TCKN, plates, versions."""
+    assert redact_text(text) == text
+
+
+def test_a_phone_next_to_prices_times_and_dates_leaves_them_intact() -> None:
+    """Only the number goes; the figures around it are the assistant's material."""
+    text = ("Whatsapp: 00 90 548 397 79 86 Fiyat 23.210.000 TL. Ofis telefonu 392 720 0636, "
+            "hafta içi 10.00-20.30 arası, randevu 05.11.2024.")
+    assert redact_text(text) == (
+        "Whatsapp: [PHONE] Fiyat 23.210.000 TL. Ofis telefonu [PHONE], "
+        "hafta içi 10.00-20.30 arası, randevu 05.11.2024."
+    )
