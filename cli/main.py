@@ -7,6 +7,7 @@ import click
 from cli.config_commands import config
 from cli.mode_commands import clear, force, reset_failures, status
 from cli.read_commands import invalidate, probe, zep_sim
+from cli.write_commands import dlq_group, spool_group
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -14,7 +15,8 @@ def cli() -> None:
     """Operate the memory workers: modes, probes, dead letters, drills."""
 
 
-for command in (status, force, clear, reset_failures, invalidate, probe, config, zep_sim):
+for command in (status, force, clear, reset_failures, invalidate, probe, dlq_group,
+                spool_group, config, zep_sim):
     cli.add_command(command)
 
 

@@ -10,6 +10,10 @@ from memory_worker.logs import install as _install_logging
 _install_logging()
 
 from memory_worker.celery_app import app  # noqa: E402
-from memory_worker.runtime import afetch_thread_context, fetch_thread_context  # noqa: E402
+from memory_worker.runtime import (  # noqa: E402
+    afetch_thread_context,
+    enqueue_message,
+    fetch_thread_context,
+)
 
-__all__ = ["afetch_thread_context", "app", "fetch_thread_context"]
+__all__ = ["afetch_thread_context", "app", "enqueue_message", "fetch_thread_context"]

@@ -44,13 +44,13 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         # A broker that does not answer must not hang a web handler's enqueue:
         # the caller spools to the outbox instead (SPEC §6).
         "broker_connection_timeout": 2.0,
-        "broker_connection_max_retries": 0,
+        # Workers reconnect forever: a broker restart must not end them.
+        "broker_connection_max_retries": None,
         "broker_transport_options": {
             "visibility_timeout": VISIBILITY_TIMEOUT_S,
             "socket_timeout": 5.0,
-            "socket_connect_timeout": 2.0,
+            "socket_connect_timeout": 1.0,
             "health_check_interval": 25,
-            "max_retries": 0,
         },
         "broker_heartbeat": 30,  # amqp only
         "task_serializer": "json",
@@ -110,5 +110,5 @@ def _configuration() -> dict[str, Any]:
         raise
 
 
-app = Celery("memory_worker", include=["tasks.probe"])
+app = Celery("memory_worker", include=["tasks.probe", "tasks.mirror"])
 app.add_defaults(_configuration)

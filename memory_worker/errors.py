@@ -4,7 +4,8 @@
      ├── ConfigError            a bad environment variable; names it
      ├── InvalidRequest         (also ValueError) bad read arguments: thread_id, view
      ├── InvalidMessage         (also ValueError) bad enqueue arguments; names the field
-     └── StateUnavailable       Redis could not be reached for shared state
+     ├── StateUnavailable       Redis could not be reached for shared state
+     └── OutboxUnavailable      the broker and the local outbox both failed a message
 
 Third-party errors (redis, httpx, zep_python) are translated where they occur:
 Redis errors in the state modules, HTTP and SDK errors in ``zep.py``. Nothing
@@ -42,3 +43,7 @@ class InvalidMessage(MemoryWorkerError, ValueError):
 
 class StateUnavailable(MemoryWorkerError):
     """The Redis holding shared state did not answer."""
+
+
+class OutboxUnavailable(MemoryWorkerError):
+    """The broker could not be reached and the local outbox could not be written."""

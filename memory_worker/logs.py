@@ -93,4 +93,6 @@ def install() -> logging.Logger:
         logger.addHandler(handler)
     logger.setLevel(logging.INFO)
     logger.propagate = False
+    # httpx logs every request at INFO; the project's own events say what matters.
+    logging.getLogger("httpx").setLevel(logging.WARNING)
     return logger

@@ -1,4 +1,4 @@
-"""The read path's wiring in one process: Redis clients, the Zep client, and the drivers.
+"""One process's wiring: Redis clients, the Zep client, the read drivers, the write side.
 
 ``fetch_thread_context`` and ``afetch_thread_context`` run ``ReadPolicy.flow``
 and perform each step it yields: synchronously with redis-py and the Zep
@@ -30,6 +30,7 @@ from memory_worker import metrics
 from memory_worker.clock import Clock, system_clock
 from memory_worker.config import Settings
 from memory_worker.connections import redis_client
+from memory_worker.enqueue import EnqueueResult, Publisher
 from memory_worker.fallback import LocalGuard
 from memory_worker.guard import SCRIPT as GUARD_SCRIPT
 from memory_worker.guard import Guard
@@ -49,6 +50,7 @@ from memory_worker.reader import (
     Step,
     ZepRead,
 )
+from memory_worker.writer import Writer
 from memory_worker.zep import ZepClient
 
 # A Redis that does not answer must cost a read milliseconds, not its budget.
@@ -84,6 +86,8 @@ class Runtime:
             weakref.WeakKeyDictionary()
         )
         self._redis_down_until = 0.0
+        self._writer: Writer | None = None
+        self._publisher: Publisher | None = None
 
     @property
     def zep(self) -> ZepClient:
@@ -93,10 +97,28 @@ class Runtime:
                     self._zep = ZepClient.from_settings(self.settings)
         return self._zep
 
+    @property
+    def ops_conn(self) -> redis.Redis:
+        """Redis with operator timeouts, for work off the chat's hot path (workers, probe)."""
+        return redis_client(self.settings.redis_url)
+
     def prober(self) -> Prober:
-        """The recovery probe, on a connection with operator timeouts (it is off the hot path)."""
-        return Prober(redis_client(self.settings.redis_url), self.settings, self.zep,
-                      clock=self.clock, keys=self.keys)
+        return Prober(self.ops_conn, self.settings, self.zep, clock=self.clock, keys=self.keys)
+
+    def writer(self) -> Writer:
+        if self._writer is None:
+            self._writer = Writer(self.ops_conn, self.settings, self.zep, clock=self.clock,
+                                  keys=self.keys)
+        return self._writer
+
+    @property
+    def publisher(self) -> Publisher:
+        if self._publisher is None:
+            with self._zep_lock:
+                if self._publisher is None:
+                    self._publisher = Publisher(self.settings, self.conn, send_mirror,
+                                                clock=self.clock)
+        return self._publisher
 
     # synchronous
 
@@ -231,3 +253,18 @@ async def afetch_thread_context(thread_id: str, view: str = "summary"
                                 ) -> tuple[Context | None, Meta]:
     """``fetch_thread_context`` for asyncio: never blocks the event loop."""
     return await default_runtime().afetch(thread_id, view)
+
+
+def enqueue_message(thread_id: str, role: str, content: str, client_msg_id: str,
+                    user_id: str | None = None, metadata: dict[str, Any] | None = None
+                    ) -> EnqueueResult:
+    """Validate, redact and publish one message for mirroring to Zep (SPEC §6)."""
+    return default_runtime().publisher.enqueue(thread_id, role, content, client_msg_id,
+                                               user_id, metadata)
+
+
+def send_mirror(task_id: str, kwargs: dict[str, Any]) -> None:
+    """Publish ``memory.mirror_message`` once, without kombu's retries (the outbox retries)."""
+    from memory_worker.celery_app import MIRROR_TASK, app
+
+    app.send_task(MIRROR_TASK, kwargs=kwargs, task_id=task_id, retry=False)

@@ -1,0 +1,200 @@
+"""``enqueue_message``: validate, redact, publish once — or keep it on disk (SPEC §6).
+
+Order matters: validation first (nothing is published for bad input), then
+the mode gate, then redaction (no email or phone number reaches the broker),
+then the duplicate check (``SET NX`` on ``mem:write:enqueued:{client_msg_id}``),
+then the publish. When the broker cannot be reached the message is appended
+to the local outbox (fsync'd) and a background thread of this process drains
+it as soon as the broker answers; ``memory-worker spool drain`` does the same
+by hand. A broker that just failed is not tried again for a few seconds, so an
+outage costs each enqueue a disk append, not a connection timeout.
+
+A Redis that cannot answer the duplicate check does not stop the message: the
+worker's done-marker and Zep's uuid check keep the write single anyway.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import redis
+
+from memory_worker import metrics
+from memory_worker.clock import Clock
+from memory_worker.config import Settings
+from memory_worker.errors import OutboxUnavailable
+from memory_worker.keys import Keys
+from memory_worker.logs import log_event
+from memory_worker.messages import Payload, message_uuid, validate
+from memory_worker.modes import base_mode
+from memory_worker.redaction import RedactionCounts, Redactor
+from memory_worker.spool import DrainReport, Outbox, Record
+
+log = logging.getLogger("memory_worker.enqueue")
+
+ENQUEUED_MARKER_TTL_S = 24 * 3600
+BROKER_BACKOFF_S = 5.0
+DRAIN_INTERVALS_S = (1.0, 2.0, 5.0, 10.0, 30.0)
+
+Send = Callable[[str, dict[str, Any]], None]
+
+
+@dataclass(frozen=True)
+class EnqueueResult:
+    task_id: str | None
+    duplicate: bool = False
+    skipped: bool = False
+    spooled: bool = False
+    redactions: dict[str, int] = field(default_factory=dict)
+
+
+class Publisher:
+    """The write side of one process: its redactor, its broker and its outbox."""
+
+    def __init__(self, settings: Settings, conn: redis.Redis, send: Send, *,
+                 clock: Clock, outbox: Outbox | None = None) -> None:
+        self._settings = settings
+        self._conn = conn
+        self._send = send
+        self._clock = clock
+        self._keys = Keys(settings.key_prefix)
+        self._outbox = outbox or Outbox(settings.spool_dir)
+        self._redact = Redactor(redact_email=settings.redact_email,
+                                redact_phone=settings.redact_phone,
+                                redact_address=settings.redact_address)
+        self._broker_down_until = 0.0
+        self._drainer: threading.Thread | None = None
+        self._drainer_lock = threading.Lock()
+        # While older messages wait in the outbox, new ones queue behind them, in order.
+        self._spooling = self._outbox.pending() > 0
+        if self._spooling:
+            self._start_drainer()
+
+    @property
+    def outbox(self) -> Outbox:
+        return self._outbox
+
+    def enqueue(self, thread_id: str, role: str, content: str, client_msg_id: str,
+                user_id: str | None = None, metadata: dict[str, Any] | None = None
+                ) -> EnqueueResult:
+        validate(thread_id, role, content, client_msg_id, user_id, metadata,
+                 max_content_chars=self._settings.max_content_chars)
+        task_id = message_uuid(client_msg_id)
+        if not base_mode(write=self._settings.flag_zep_write,
+                         read=self._settings.flag_zep_read).writes:
+            metrics.safe_inc(metrics.write_skipped, reason="mode")
+            return EnqueueResult(task_id=None, skipped=True)
+
+        redacted = self._redact(content)
+        counts = _counts(redacted["redactions"])
+        clean_metadata = self._redact_tree(metadata, counts) if metadata is not None else None
+        payload = Payload(thread_id=thread_id, role=role, content=redacted["text"],
+                          client_msg_id=client_msg_id, user_id=user_id,
+                          metadata=clean_metadata, enqueued_at=self._clock())
+
+        if not self._first_enqueue(client_msg_id):
+            metrics.safe_inc(metrics.write_skipped, reason="duplicate")
+            return EnqueueResult(task_id=task_id, duplicate=True, redactions=counts)
+        record = {"task_id": task_id, "payload": payload.to_json()}
+        if self._publish_or_spool(record):
+            return EnqueueResult(task_id=task_id, redactions=counts)
+        return EnqueueResult(task_id=task_id, spooled=True, redactions=counts)
+
+    def publish(self, record: Record) -> None:
+        """Publish one stored record (outbox, dead-letter replay); raises when it cannot."""
+        self._send(str(record["task_id"]), {"payload": record["payload"]})
+
+    def drain(self) -> DrainReport:
+        """Publish the outbox; once it is empty, new messages are published directly again."""
+        report = self._outbox.drain(self.publish)
+        if report.published:
+            self._broker_down_until = 0.0  # it answered
+        if not report.busy and report.error is None and report.remaining == 0:
+            self._spooling = False
+            if self._outbox.pending():  # appended between the drain and the flag
+                self._spooling = True
+        return report
+
+    def _first_enqueue(self, client_msg_id: str) -> bool:
+        try:
+            return bool(self._conn.set(self._keys.enqueued(client_msg_id), "1", nx=True,
+                                       ex=ENQUEUED_MARKER_TTL_S))
+        except redis.RedisError:
+            metrics.safe_inc(metrics.redis_errors, op="enqueue")
+            return True
+
+    def _publish_or_spool(self, record: Record) -> bool:
+        """True when published; False when kept in the outbox."""
+        if not self._spooling and time.monotonic() >= self._broker_down_until:
+            try:
+                self.publish(record)
+                return True
+            except Exception as exc:  # kombu, redis, amqp and socket errors alike
+                self._broker_down_until = time.monotonic() + BROKER_BACKOFF_S
+                log_event(log, "memory_broker_unreachable", logging.WARNING,
+                          error=type(exc).__name__)
+        try:
+            self._outbox.append(record)
+        except OSError as exc:
+            self._forget(str(record["payload"]["client_msg_id"]))
+            raise OutboxUnavailable(
+                f"broker unreachable and the outbox at {self._settings.spool_dir} "
+                f"cannot be written: {exc.strerror or type(exc).__name__}"
+            ) from None
+        log_event(log, "memory_message_spooled", logging.WARNING,
+                  client_msg_id=record["payload"]["client_msg_id"])
+        self._spooling = True
+        self._start_drainer()
+        return False
+
+    def _forget(self, client_msg_id: str) -> None:
+        """Undo the duplicate marker of a message that was neither published nor kept."""
+        try:
+            self._conn.delete(self._keys.enqueued(client_msg_id))
+        except redis.RedisError:
+            metrics.safe_inc(metrics.redis_errors, op="enqueue")
+
+    def _start_drainer(self) -> None:
+        with self._drainer_lock:
+            if self._drainer is not None and self._drainer.is_alive():
+                return
+            self._drainer = threading.Thread(target=self._drain_until_empty,
+                                             name="memory-outbox-drain", daemon=True)
+            self._drainer.start()
+
+    def _drain_until_empty(self) -> None:
+        step = 0
+        while True:
+            time.sleep(DRAIN_INTERVALS_S[min(step, len(DRAIN_INTERVALS_S) - 1)])
+            try:
+                report = self.drain()
+            except Exception as exc:
+                log_event(log, "memory_spool_drain_failed", logging.WARNING,
+                          error=type(exc).__name__)
+                step += 1
+                continue
+            if not self._spooling:
+                return
+            step = 0 if report.published else step + 1
+
+    def _redact_tree(self, value: Any, counts: dict[str, int]) -> Any:
+        """Metadata reaches the broker too: redact every string in it."""
+        if isinstance(value, str):
+            result = self._redact(value)
+            for kind, n in _counts(result["redactions"]).items():
+                counts[kind] = counts.get(kind, 0) + n
+            return result["text"]
+        if isinstance(value, Mapping):
+            return {k: self._redact_tree(v, counts) for k, v in value.items()}
+        if isinstance(value, list):
+            return [self._redact_tree(v, counts) for v in value]
+        return value
+
+
+def _counts(found: RedactionCounts) -> dict[str, int]:
+    return {"email": found["email"], "phone": found["phone"], "address": found["address"]}

@@ -1,0 +1,219 @@
+"""Delivering one message to Zep, exactly once: the decision, free of Celery (SPEC §6).
+
+``Writer.deliver`` makes one attempt and returns a verdict — ``Done``,
+``Retry`` (with its countdown) or ``DeadLetter`` — that the task carries out.
+Exactly once rests on three things together:
+
+- the Zep uuids are derived from ``client_msg_id``, so Zep refuses a second
+  copy (``already_stored`` counts as success);
+- a done-marker ``mem:write:done:{client_msg_id}`` set after success ends any
+  later redelivery before it calls Zep;
+- an in-flight lease ``mem:write:lease:{client_msg_id}`` (``SET NX PX``) keeps
+  two workers from writing the same message at the same moment.
+
+Retries: 429 waits ``Retry-After`` plus jitter and is no breaker failure;
+timeouts, 5xx and connection errors are breaker failures and back off
+exponentially with full jitter (base 2 s, cap 300 s); 401/403 retry on the same
+schedule; an open breaker reschedules to its half-open time without using up
+an attempt (as does the failure that opened it, or a failed trial: they met the
+outage, not a fault of the message); any other 4xx is dead-lettered at once,
+as is the last counted failure.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import secrets
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import redis
+
+from memory_worker import metrics
+from memory_worker.breaker import Breaker
+from memory_worker.clock import Clock
+from memory_worker.config import Settings
+from memory_worker.keys import Keys
+from memory_worker.logs import log_event
+from memory_worker.messages import Payload, batches, zep_messages
+from memory_worker.zep import Failure, OutgoingMessage, Reason, WriteResult, Written, ZepClient
+
+log = logging.getLogger("memory_worker.writer")
+
+BACKOFF_BASE_S = 2.0
+BACKOFF_CAP_S = 300.0
+RATE_LIMIT_JITTER_S = 1.0
+DONE_MARKER_TTL_S = 30 * 24 * 3600  # longer than any redelivery can arrive
+_BREAKER_FAILURES = {Reason.TIMEOUT, Reason.SERVER_ERROR, Reason.CONNECTION_ERROR}
+_RETRIED = _BREAKER_FAILURES | {Reason.AUTH, Reason.RATE_LIMITED}
+
+_RELEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('DEL', KEYS[1])
+end
+return 0
+"""
+
+
+@dataclass(frozen=True)
+class Done:
+    status: str  # "stored" | "already_done"
+
+
+@dataclass(frozen=True)
+class Retry:
+    countdown: float
+    reason: str
+    counts: bool  # uses up one of MEMORY_WRITE_MAX_RETRIES
+    status_code: int | None = None
+
+
+@dataclass(frozen=True)
+class DeadLetter:
+    reason: str
+    status_code: int | None
+
+
+Verdict = Done | Retry | DeadLetter
+
+
+def backoff(failures: int, rand: Callable[[float, float], float] = random.uniform) -> float:
+    """Full jitter: uniform over [0, min(cap, base × 2^failures)]."""
+    ceiling = min(BACKOFF_CAP_S, BACKOFF_BASE_S * float(2 ** min(failures, 16)))
+    return rand(0.0, ceiling)
+
+
+class Writer:
+    def __init__(self, conn: redis.Redis, settings: Settings, zep: ZepClient, *,
+                 clock: Clock, keys: Keys | None = None, breaker: Breaker | None = None,
+                 rand: Callable[[float, float], float] = random.uniform) -> None:
+        self._conn = conn
+        self._settings = settings
+        self._zep = zep
+        self._clock = clock
+        self._keys = keys or Keys(settings.key_prefix)
+        self._breaker = breaker or Breaker(conn, self._keys, clock=clock)
+        self._rand = rand
+        self._release = conn.register_script(_RELEASE)
+
+    def deliver(self, payload: Payload, failures: int = 0) -> Verdict:
+        """One attempt; ``failures`` is how many earlier attempts failed."""
+        if self._conn.exists(self._keys.write_done(payload.client_msg_id)):
+            metrics.safe_inc(metrics.write_skipped, reason="already_done")
+            return Done("already_done")
+        lease_key = self._keys.write_lease(payload.client_msg_id)
+        token = secrets.token_hex(8)
+        if not self._conn.set(lease_key, token, nx=True, px=self._lease_ms()):
+            wait = max(1.0, (self._conn.pttl(lease_key) or 1000) / 1000)
+            return Retry(wait + self._rand(0.0, 1.0), "in_flight", counts=False)
+        try:
+            return self._attempt(payload, failures)
+        finally:
+            self._release(keys=[lease_key], args=[token])
+
+    def _lease_ms(self) -> int:
+        """Long enough for one attempt (a session call and a few batches at the write budget).
+
+        Short enough that an attempt killed mid-call holds the message back only
+        seconds. Should a slow attempt outlive it, a second attempt writes the
+        same uuids, which Zep refuses: the lease saves calls, it does not carry
+        the exactly-once promise.
+        """
+        return 4 * self._settings.zep_timeout_ms + 2000
+
+    def _attempt(self, payload: Payload, failures: int) -> Verdict:
+        admission = self._breaker.allow()
+        if not admission.allowed:
+            metrics.safe_inc(metrics.write_failures, reason="circuit_open")
+            wait = max(0.5, (admission.retry_at or self._clock()) - self._clock())
+            return Retry(wait + self._rand(0.0, 1.0), "circuit_open", counts=False)
+
+        outcome = self._write(payload)
+        if isinstance(outcome, Written):
+            self._breaker.record_success(admission.trial)
+            self._finish(payload)
+            return Done("stored")
+
+        reason = outcome.reason
+        metrics.safe_inc(metrics.write_failures, reason=_metric_reason(reason))
+        if reason in _BREAKER_FAILURES:
+            opened = self._breaker.record_failure(admission.trial)
+            if opened or admission.trial:
+                waiting = self._wait_for_circuit(reason.value, outcome.status_code)
+                if waiting is not None:
+                    return waiting
+        else:
+            self._breaker.record_success(admission.trial)  # Zep answered: it is up
+        if reason not in _RETRIED:
+            return DeadLetter(reason.value, outcome.status_code)
+        if failures + 1 > self._settings.write_max_retries:
+            return DeadLetter(reason.value, outcome.status_code)
+        if reason is Reason.RATE_LIMITED:
+            wait = outcome.retry_after_seconds if outcome.retry_after_seconds is not None else 5.0
+            countdown = min(wait, BACKOFF_CAP_S) + self._rand(0.0, RATE_LIMIT_JITTER_S)
+        else:
+            countdown = backoff(failures, self._rand)
+        return Retry(countdown, reason.value, counts=True, status_code=outcome.status_code)
+
+    def _wait_for_circuit(self, reason: str, status_code: int | None) -> Retry | None:
+        """The circuit is open: wait for it like every other write, without using an attempt.
+
+        The call that opened the circuit, or the trial that failed, only found
+        the outage every write is waiting out; counting it against this message
+        would dead-letter whichever message happened to be the trial.
+        """
+        admission = self._breaker.allow()
+        if admission.allowed or admission.retry_at is None:
+            return None
+        wait = max(0.5, admission.retry_at - self._clock())
+        return Retry(wait + self._rand(0.0, 1.0), reason, counts=False, status_code=status_code)
+
+    def _write(self, payload: Payload) -> WriteResult:
+        outcome: WriteResult = Failure(Reason.CLIENT_ERROR, message="nothing to write")
+        for batch in batches(zep_messages(payload)):
+            outcome = self._add(payload, batch)
+            if isinstance(outcome, Failure) and outcome.reason is Reason.SESSION_NOT_FOUND:
+                created = self._create_session(payload)
+                if isinstance(created, Failure):
+                    return created
+                outcome = self._add(payload, batch)
+            if isinstance(outcome, Failure):
+                return outcome
+        return outcome
+
+    def _add(self, payload: Payload, batch: list[OutgoingMessage]) -> WriteResult:
+        metrics.safe_inc(metrics.write_requests)
+        started = time.perf_counter()
+        outcome = self._zep.add_messages(payload.thread_id, batch)
+        metrics.safe_observe(metrics.write_latency, time.perf_counter() - started)
+        if isinstance(outcome, Written):
+            metrics.safe_inc(metrics.write_success)
+        return outcome
+
+    def _create_session(self, payload: Payload) -> WriteResult:
+        created = self._zep.add_session(payload.thread_id, payload.user_id)
+        if isinstance(created, Failure) and created.reason is Reason.USER_NOT_FOUND:
+            if payload.user_id is None:
+                return created
+            user = self._zep.add_user(payload.user_id)
+            if isinstance(user, Failure):
+                return user
+            created = self._zep.add_session(payload.thread_id, payload.user_id)
+        if isinstance(created, Written):
+            log_event(log, "zep_session_created", thread_id=payload.thread_id)
+        return created
+
+    def _finish(self, payload: Payload) -> None:
+        """Mark done, and drop the thread's cached context: it no longer has the last turn."""
+        pipe = self._conn.pipeline(transaction=False)
+        pipe.set(self._keys.write_done(payload.client_msg_id), "1", ex=DONE_MARKER_TTL_S)
+        pipe.delete(*self._keys.contexts(payload.thread_id))
+        pipe.execute()
+
+
+def _metric_reason(reason: Reason) -> str:
+    if reason in (Reason.SESSION_NOT_FOUND, Reason.USER_NOT_FOUND, Reason.NOT_FOUND):
+        return "client_error"
+    return reason.value

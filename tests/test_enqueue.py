@@ -1,0 +1,160 @@
+"""enqueue_message: validation first, mode gate, redaction before publish, dedupe, outbox."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+
+from memory_worker.config import Settings
+from memory_worker.enqueue import Publisher
+from memory_worker.errors import InvalidMessage, OutboxUnavailable
+from memory_worker.keys import Keys
+from memory_worker.messages import message_uuid
+from memory_worker.spool import Outbox
+from tests.conftest import FakeClock
+
+PII = "Mail ayse.yilmaz@ornek.com.tr or call 0533 123 45 67 about the 2+1 for 150.000 TL"
+
+
+class Broker:
+    """Stands in for Celery's publish: records what it got, or refuses while down."""
+
+    def __init__(self) -> None:
+        self.sent: list[tuple[str, dict[str, Any]]] = []
+        self.down = False
+
+    def __call__(self, task_id: str, kwargs: dict[str, Any]) -> None:
+        if self.down:
+            raise ConnectionRefusedError("broker down")
+        self.sent.append((task_id, kwargs))
+
+
+@pytest.fixture
+def broker() -> Broker:
+    return Broker()
+
+
+@pytest.fixture
+def publisher(settings: Settings, conn: redis.Redis, broker: Broker, clock: FakeClock,
+              tmp_path: Path) -> Publisher:
+    return Publisher(dataclasses.replace(settings, spool_dir=str(tmp_path / "spool")), conn,
+                     broker, clock=clock)
+
+
+def test_a_message_is_published_once_redacted_with_its_counts(
+    publisher: Publisher, broker: Broker
+) -> None:
+    """No email or phone reaches the broker; prices and room counts survive."""
+    result = publisher.enqueue("t-1", "user", PII, "m-1", user_id="u-1",
+                               metadata={"note": "backup: +90 392 444 55 66"})
+    assert result.task_id == message_uuid("m-1") and not (result.duplicate or result.skipped)
+    assert result.redactions == {"email": 1, "phone": 2, "address": 0}
+    [(task_id, kwargs)] = broker.sent
+    payload = kwargs["payload"]
+    assert task_id == result.task_id
+    assert payload["content"] == "Mail [EMAIL] or call [PHONE] about the 2+1 for 150.000 TL"
+    assert payload["metadata"] == {"note": "backup: [PHONE]"}
+    assert "ornek" not in json.dumps(kwargs) and "0533" not in json.dumps(kwargs)
+    assert (payload["thread_id"], payload["role"], payload["user_id"]) == ("t-1", "user", "u-1")
+
+
+def test_a_repeated_client_msg_id_publishes_nothing(publisher: Publisher, broker: Broker
+                                                    ) -> None:
+    """The second enqueue of m-1 returns duplicate=True."""
+    publisher.enqueue("t-1", "user", "hello", "m-1")
+    second = publisher.enqueue("t-1", "user", "hello again", "m-1")
+    assert second.duplicate and second.task_id == message_uuid("m-1")
+    assert len(broker.sent) == 1
+
+
+@pytest.mark.parametrize(("args", "field"), [
+    (("bad/thread", "user", "hi", "m"), "thread_id"),
+    (("t", "robot", "hi", "m"), "role"),
+    (("t", "user", "   ", "m"), "content"),
+    (("t", "user", "hi", "has space"), "client_msg_id"),
+])
+def test_invalid_input_raises_and_nothing_is_written(
+    publisher: Publisher, broker: Broker, conn: redis.Redis, args: tuple[str, str, str, str],
+    field: str,
+) -> None:
+    """InvalidMessage names the field; no publish, no duplicate marker, no outbox line."""
+    with pytest.raises(InvalidMessage) as info:
+        publisher.enqueue(*args)
+    assert info.value.field == field
+    assert broker.sent == [] and conn.dbsize() == 0 and publisher.outbox.pending() == 0
+
+
+def test_content_over_the_limit_is_refused(settings: Settings, conn: redis.Redis,
+                                           broker: Broker, clock: FakeClock,
+                                           tmp_path: Path) -> None:
+    """MEMORY_MAX_CONTENT_CHARS bounds what is accepted."""
+    small = Publisher(dataclasses.replace(settings, max_content_chars=10, spool_dir=str(tmp_path)),
+                      conn, broker, clock=clock)
+    with pytest.raises(InvalidMessage, match="content"):
+        small.enqueue("t", "user", "x" * 11, "m")
+
+
+@pytest.mark.parametrize("flags", [(False, True), (False, False)])
+def test_without_writes_the_call_is_skipped(settings: Settings, conn: redis.Redis,
+                                            broker: Broker, clock: FakeClock,
+                                            tmp_path: Path, flags: tuple[bool, bool]) -> None:
+    """Base mode read_only or off: skipped=True, nothing published."""
+    off = Publisher(dataclasses.replace(settings, flag_zep_write=flags[0], flag_zep_read=flags[1],
+                                        spool_dir=str(tmp_path)), conn, broker, clock=clock)
+    result = off.enqueue("t", "user", "hello", "m")
+    assert result.skipped and result.task_id is None and broker.sent == []
+
+
+def test_a_forced_record_never_blocks_writes(publisher: Publisher, broker: Broker,
+                                             conn: redis.Redis, keys: Keys) -> None:
+    """write_only forced by the guard: writes go on."""
+    conn.set(keys.forced, '{"reason": "auth", "forced_at": 0, "until": 9e12}')
+    assert not publisher.enqueue("t", "user", "hello", "m").skipped
+    assert len(broker.sent) == 1
+
+
+def test_broker_down_spools_and_the_outbox_drains_in_order_once_it_answers(
+    publisher: Publisher, broker: Broker
+) -> None:
+    """spooled=True while down; a drain publishes everything once, oldest first."""
+    broker.down = True
+    results = [publisher.enqueue("t", "user", f"message {i}", f"m-{i}") for i in range(3)]
+    assert all(r.spooled for r in results) and broker.sent == []
+    broker.down = False
+    # While older messages wait, a new one queues behind them.
+    assert publisher.enqueue("t", "user", "message 3", "m-3").spooled
+    report = publisher.drain()
+    assert report.published == 4 and report.remaining == 0
+    assert [kw["payload"]["client_msg_id"] for _, kw in broker.sent] == [
+        "m-0", "m-1", "m-2", "m-3"]
+    assert not publisher.enqueue("t", "user", "message 4", "m-4").spooled
+
+
+def test_with_redis_down_enqueue_still_publishes(settings: Settings, broker: Broker,
+                                                 clock: FakeClock, tmp_path: Path) -> None:
+    """The duplicate check is an optimisation: without Redis the message still goes out."""
+    dead = redis.Redis.from_url("redis://127.0.0.1:1/0", socket_connect_timeout=0.1)
+    publisher = Publisher(dataclasses.replace(settings, spool_dir=str(tmp_path)), dead, broker,
+                          clock=clock)
+    assert not publisher.enqueue("t", "user", "hello", "m").duplicate
+    assert len(broker.sent) == 1
+
+
+def test_broker_and_outbox_both_failing_is_an_error_and_leaves_no_marker(
+    settings: Settings, conn: redis.Redis, broker: Broker, clock: FakeClock, tmp_path: Path,
+    keys: Keys,
+) -> None:
+    """Nothing half-written: the duplicate marker is removed so a retry can succeed."""
+    blocker = tmp_path / "not-a-dir"
+    blocker.write_text("")
+    publisher = Publisher(dataclasses.replace(settings, spool_dir=str(blocker / "spool")), conn,
+                          broker, clock=clock, outbox=Outbox(blocker / "spool"))
+    broker.down = True
+    with pytest.raises(OutboxUnavailable):
+        publisher.enqueue("t", "user", "hello", "m")
+    assert conn.exists(keys.enqueued("m")) == 0

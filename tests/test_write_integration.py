@@ -1,0 +1,235 @@
+"""The write path end to end: real prefork workers, real Redis, SDK → simulator over HTTP."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+from celery import Celery
+from click.testing import CliRunner
+
+from cli.main import cli
+from memory_worker.celery_app import MIRROR_TASK, WRITE_QUEUE, celery_config
+from memory_worker.config import Settings
+from memory_worker.enqueue import Publisher
+from memory_worker.keys import Keys
+from memory_worker.zep_sim import Fault, ZepSimulator
+from tests.conftest import FakeClock
+from tests.processes import (
+    ROOT,
+    PrivateRedis,
+    celery_process,
+    project_env,
+    wait_for,
+    worker_args,
+)
+
+MEMORY = "*/sessions/*/memory"
+PII_TEXT = "Reach me at deniz.kaya@example.com.tr or +90 533 765 43 21 about flat 4"
+LEAKS = ("deniz.kaya", "example.com.tr", "533 765", "765 43 21")
+
+
+def sender(settings: Settings) -> Callable[[str, dict[str, Any]], None]:
+    """A publisher's send through a Celery app of the test's own (its own broker URL)."""
+    app = Celery("test-publisher", set_as_current=False)
+    app.conf.update(celery_config(settings))
+
+    def send(task_id: str, kwargs: dict[str, Any]) -> None:
+        app.send_task(MIRROR_TASK, kwargs=kwargs, task_id=task_id, retry=False)
+
+    return send
+
+
+@pytest.fixture
+def env(redis_url: str, sim: ZepSimulator, tmp_path: Path) -> dict[str, str]:
+    return project_env(redis_url, FLAG_ZEP_WRITE="true", FLAG_ZEP_READ="true",
+                       ZEP_API_URL=sim.url, ZEP_API_KEY="test-key",
+                       MEMORY_SPOOL_DIR=str(tmp_path / "spool"))
+
+
+@pytest.fixture
+def publisher(env: dict[str, str], conn: redis.Redis) -> Publisher:
+    settings = Settings.from_env(env)
+    return Publisher(settings, conn, sender(settings), clock=time.time)
+
+
+@pytest.fixture
+def worker_proc(env: dict[str, str], tmp_path: Path, conn: redis.Redis
+                ) -> Iterator[tuple[subprocess.Popen[bytes], Path]]:
+    log = tmp_path / "worker.log"
+    with celery_process(worker_args("writes", concurrency=2), env, log) as proc:
+        yield proc, log
+
+
+@pytest.fixture
+def worker(worker_proc: tuple[subprocess.Popen[bytes], Path]) -> Path:
+    return worker_proc[1]
+
+
+def queue_drained(conn: redis.Redis) -> bool:
+    return conn.llen(WRITE_QUEUE) == 0 and not conn.hlen("unacked")
+
+
+def test_the_same_message_from_five_processes_is_stored_once(
+    env: dict[str, str], conn: redis.Redis, sim: ZepSimulator, worker: Path
+) -> None:
+    """Five processes enqueue client_msg_id dup-1 at once: one publish, one message in Zep."""
+    children = [
+        subprocess.Popen([sys.executable, "-m", "tests.proc_enqueue", "t-dup", "dup-1",
+                          "same words"], cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True)
+        for _ in range(5)
+    ]
+    wait_for(lambda: int(conn.get("test:enqueue:ready") or 0) == 5, 60, "5 enqueuers")
+    conn.rpush("test:enqueue:go", *["go"] * 5)
+    results = [json.loads(c.communicate(timeout=60)[0]) for c in children]
+    assert sorted(r["duplicate"] for r in results) == [False, True, True, True, True]
+    wait_for(lambda: len(sim.messages("t-dup")) == 1 and queue_drained(conn), 30, "the write")
+    time.sleep(0.5)  # a second copy, if any, would land now
+    assert len(sim.messages("t-dup")) == 1
+
+
+def test_pii_never_reaches_the_broker_the_simulator_or_the_logs(
+    publisher: Publisher, conn: redis.Redis, sim: ZepSimulator, env: dict[str, str],
+    tmp_path: Path, keys: Keys,
+) -> None:
+    """The queued task, the stored message and every log line are free of the email and phone."""
+    result = publisher.enqueue("t-pii", "user", PII_TEXT, "pii-1", metadata={"cc": PII_TEXT})
+    assert result.redactions["email"] == 2 and result.redactions["phone"] == 2
+    queued = json.dumps(conn.lrange(WRITE_QUEUE, 0, -1))
+    assert "[EMAIL]" in queued or "W0VNQUlMXQ" in queued or conn.llen(WRITE_QUEUE) == 1
+    for raw in conn.lrange(WRITE_QUEUE, 0, -1):
+        body = json.loads(raw)["body"]
+        import base64
+
+        decoded = base64.b64decode(body).decode() if json.loads(raw).get(
+            "properties", {}).get("body_encoding") == "base64" else body
+        assert not any(leak in decoded for leak in LEAKS), decoded
+    log = tmp_path / "pii-worker.log"
+    with celery_process(worker_args("pii"), env, log):
+        wait_for(lambda: len(sim.messages("t-pii")) == 1, 30, "the write")
+    stored = json.dumps(sim.messages("t-pii"))
+    assert "[EMAIL]" in stored and "[PHONE]" in stored
+    for text in (stored, log.read_text(), json.dumps(conn.keys("*"))):
+        assert not any(leak in text for leak in LEAKS)
+
+
+def test_killing_the_worker_process_mid_write_still_stores_the_message_once(
+    publisher: Publisher, conn: redis.Redis, sim: ZepSimulator, keys: Keys,
+    worker_proc: tuple[subprocess.Popen[bytes], Path],
+) -> None:
+    """kill -9 of the prefork child while Zep holds the request: requeued, stored exactly once."""
+    sim.ensure_session("t-kill")
+    sim.add_fault(Fault(method="POST", path=MEMORY, process_first=True, latency_ms=1200,
+                        times=1))
+    publisher.enqueue("t-kill", "user", "survive the kill", "kill-1")
+    wait_for(lambda: conn.exists(keys.write_lease("kill-1")) == 1, 30, "the write in flight")
+    wait_for(lambda: len(sim.messages("t-kill")) == 1, 10, "Zep to store before answering")
+    master, log = worker_proc
+    children = subprocess.run(["pgrep", "-P", str(master.pid)], capture_output=True,
+                              text=True).stdout.split()
+    assert children, "the worker has no pool processes"
+    for pid in children:
+        os.kill(int(pid), signal.SIGKILL)
+    wait_for(lambda: conn.exists(keys.write_done("kill-1")) == 1, 60, "the redelivered write")
+    assert len(sim.messages("t-kill")) == 1
+    assert "WorkerLostError" in log.read_text()
+
+
+def test_429_schedules_the_retry_after_retry_after(
+    publisher: Publisher, conn: redis.Redis, sim: ZepSimulator, worker: Path
+) -> None:
+    """Retry-After: 7 → the retry's countdown is ≥ 7 s (read from its log line, not waited)."""
+    sim.add_fault(Fault(method="POST", path=MEMORY, status=429, headers={"Retry-After": "7"},
+                        times=1))
+    publisher.enqueue("t-429", "user", "slow down", "rl-1")
+
+    def retry_line() -> dict[str, Any] | None:
+        for line in worker.read_text().splitlines():
+            if '"zep_write_retry"' in line and '"rl-1"' in line:
+                return dict(json.loads(line[line.index("{"):]))
+        return None
+
+    wait_for(lambda: retry_line() is not None, 30, "the retry to be scheduled")
+    line = retry_line()
+    assert line is not None and line["reason"] == "rate_limited" and line["countdown"] >= 7
+    assert line["failures"] == 1
+    assert conn.hget("mem:write:circuit:v1", "consecutive") in (None, "0")
+
+
+def test_a_400_is_dead_lettered_at_once_and_replay_delivers_it(
+    publisher: Publisher, conn: redis.Redis, sim: ZepSimulator, keys: Keys, worker: Path,
+    env: dict[str, str], monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A refused write lands in mem:write:dlq after one attempt; `dlq replay` delivers it once."""
+    sim.ensure_session("t-400")
+    fault = sim.add_fault(Fault(method="POST", path=MEMORY, status=400,
+                                body={"message": "bad request"}))
+    publisher.enqueue("t-400", "user", "rejected at first", "dl-1")
+    wait_for(lambda: conn.llen(keys.dlq) == 1, 30, "the dead letter")
+    entry = json.loads(conn.lindex(keys.dlq, 0) or "")
+    assert entry["client_msg_id"] == "dl-1" and entry["status_code"] == 400
+    assert entry["attempts"] == 1 and entry["reason"] == "client_error"
+    assert len(sim.requests("POST", MEMORY)) == 1
+
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    listing = CliRunner().invoke(cli, ["dlq", "list"])
+    assert listing.exit_code == 0 and "dl-1" in listing.stdout
+    sim.remove_fault(fault)
+    replay = CliRunner().invoke(cli, ["dlq", "replay"])
+    assert replay.exit_code == 0, replay.output
+    assert "Replayed 1" in replay.stdout
+    wait_for(lambda: len(sim.messages("t-400")) == 1, 30, "the replayed write")
+    assert conn.llen(keys.dlq) == 0
+
+
+def test_a_6000_character_message_arrives_as_three_chunks_once(
+    publisher: Publisher, sim: ZepSimulator, conn: redis.Redis, keys: Keys, worker: Path
+) -> None:
+    """Ordered chunks of ≤2500 characters that join back to the content."""
+    content = ("The villa has a sea view and a garden. " * 200)[:6000]
+    publisher.enqueue("t-long", "assistant", content, "long-1")
+    wait_for(lambda: conn.exists(keys.write_done("long-1")) == 1, 30, "the long write")
+    stored = sim.messages("t-long")
+    assert len(stored) == 3 and "".join(m["content"] for m in stored) == content
+    assert [m["metadata"]["chunk"] for m in stored] == [1, 2, 3]
+
+
+def test_a_stopped_broker_spools_and_everything_is_delivered_once_it_returns(
+    redis_url: str, conn: redis.Redis, sim: ZepSimulator, tmp_path: Path, keys: Keys
+) -> None:
+    """Broker down: spooled=True within 1 s; broker back: each spooled message stored once."""
+    broker = PrivateRedis(tmp_path / "broker").start()
+    try:
+        env = project_env(redis_url, FLAG_ZEP_WRITE="true", FLAG_ZEP_READ="true",
+                          ZEP_API_URL=sim.url, ZEP_API_KEY="test-key",
+                          CELERY_BROKER_URL=broker.url, MEMORY_SPOOL_DIR=str(tmp_path / "spool"))
+        settings = Settings.from_env(env)
+        publisher = Publisher(settings, conn, sender(settings), clock=FakeClock())
+        with celery_process(worker_args("spool"), env, tmp_path / "worker.log"):
+            assert not publisher.enqueue("t-sp", "user", "before the outage", "sp-0").spooled
+            wait_for(lambda: len(sim.messages("t-sp")) == 1, 30, "the first write")
+            broker.stop()
+            for i in range(1, 4):
+                started = time.perf_counter()
+                result = publisher.enqueue("t-sp", "user", f"during the outage {i}", f"sp-{i}")
+                assert result.spooled and time.perf_counter() - started < 1.0
+            assert publisher.outbox.pending() == 3
+            broker.start()
+            wait_for(lambda: publisher.outbox.pending() == 0, 60, "the outbox to drain")
+            wait_for(lambda: len(sim.messages("t-sp")) == 4, 60, "the spooled writes")
+            time.sleep(0.5)
+        contents = [m["content"] for m in sim.messages("t-sp")]
+        assert contents == ["before the outage"] + [f"during the outage {i}" for i in (1, 2, 3)]
+    finally:
+        broker.stop()

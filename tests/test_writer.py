@@ -1,0 +1,235 @@
+"""One write attempt at a time (Writer.deliver): every row of SPEC §6's outcome table.
+
+Real Redis, the real SDK against the simulator over HTTP, an injected clock and
+a fixed jitter, so countdowns are read, never slept out.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+import redis
+from prometheus_client import REGISTRY
+
+from memory_worker import cache
+from memory_worker.breaker import Breaker, CircuitState
+from memory_worker.config import Settings
+from memory_worker.keys import Keys
+from memory_worker.messages import Payload, message_uuid
+from memory_worker.writer import BACKOFF_CAP_S, DeadLetter, Done, Retry, Writer, backoff
+from memory_worker.zep import ZepClient
+from memory_worker.zep_sim import Fault, ZepSimulator
+from tests.conftest import FakeClock
+
+MEMORY = "*/sessions/*/memory"
+
+
+def upper(a: float, b: float) -> float:
+    return b
+
+
+@pytest.fixture
+def zep(sim: ZepSimulator) -> Iterator[ZepClient]:
+    client = ZepClient(sim.url, "test-key")
+    yield client
+    client.close()
+
+
+@pytest.fixture
+def writer(conn: redis.Redis, read_settings: Settings, zep: ZepClient, clock: FakeClock
+           ) -> Writer:
+    return Writer(conn, read_settings, zep, clock=clock, rand=upper)
+
+
+def payload(cmid: str = "m-1", content: str = "Looking for a 2+1", thread: str = "t-1",
+            user_id: str | None = None) -> Payload:
+    return Payload(thread_id=thread, role="user", content=content, client_msg_id=cmid,
+                   user_id=user_id)
+
+
+def counter(name: str, labels: dict[str, str] | None = None) -> float:
+    return REGISTRY.get_sample_value(name, labels or {}) or 0.0
+
+
+def test_a_message_is_stored_under_its_derived_uuid_and_marked_done(
+    writer: Writer, sim: ZepSimulator, conn: redis.Redis, keys: Keys
+) -> None:
+    """Success: stored once, done-marker set, the thread's cached context dropped."""
+    sim.ensure_session("t-1")
+    conn.set(keys.context("t-1", "summary"), cache.positive({"summary": "old"}))
+    assert writer.deliver(payload()) == Done("stored")
+    stored = sim.messages("t-1")
+    assert [(m["uuid"], m["content"], m["role_type"]) for m in stored] == [
+        (message_uuid("m-1"), "Looking for a 2+1", "user")]
+    assert stored[0]["metadata"] == {"client_msg_id": "m-1", "chunk": 1, "chunks": 1}
+    assert conn.exists(keys.write_done("m-1")) == 1
+    assert conn.exists(keys.context("t-1", "summary")) == 0
+    assert conn.exists(keys.write_lease("m-1")) == 0
+
+
+def test_a_redelivery_after_success_does_not_call_zep(
+    writer: Writer, sim: ZepSimulator
+) -> None:
+    """The done-marker ends a second delivery before any request."""
+    sim.ensure_session("t-1")
+    writer.deliver(payload())
+    sim.reset_requests()
+    assert writer.deliver(payload()) == Done("already_done")
+    assert sim.requests() == [] and len(sim.messages("t-1")) == 1
+
+
+@pytest.mark.parametrize("fault", [
+    Fault(method="POST", path=MEMORY, process_first=True, status=500, times=1),
+    Fault(method="POST", path=MEMORY, process_first=True, latency_ms=3000, times=1),
+], ids=["store-then-500", "store-then-timeout"])
+def test_stored_then_failed_is_still_exactly_one_message(
+    conn: redis.Redis, read_settings: Settings, sim: ZepSimulator, clock: FakeClock,
+    fault: Fault,
+) -> None:
+    """Zep stores and then fails: the retry finds the uuid taken and counts it as success."""
+    zep = ZepClient(sim.url, "test-key", write_budget_seconds=0.3)
+    writer = Writer(conn, read_settings, zep, clock=clock, rand=upper)
+    sim.ensure_session("t-1")
+    sim.add_fault(fault)
+    first = writer.deliver(payload())
+    assert isinstance(first, Retry) and first.counts
+    assert writer.deliver(payload(), failures=1) == Done("stored")
+    assert len(sim.messages("t-1")) == 1
+    zep.close()
+
+
+def test_429_waits_retry_after_and_is_no_breaker_failure(
+    writer: Writer, sim: ZepSimulator, conn: redis.Redis, keys: Keys, clock: FakeClock
+) -> None:
+    """Retry-After: 7 → countdown ≥ 7 s (+ jitter); the breaker sees Zep as up."""
+    sim.ensure_session("t-1")
+    sim.add_fault(Fault(method="POST", path=MEMORY, status=429,
+                        headers={"Retry-After": "7"}))
+    for attempt in range(6):
+        verdict = writer.deliver(payload(), failures=attempt)
+        assert isinstance(verdict, Retry) and verdict.reason == "rate_limited"
+        assert 7.0 <= verdict.countdown <= 8.0
+    assert Breaker(conn, keys, clock=clock).state() is CircuitState.CLOSED
+
+
+@pytest.mark.parametrize(("fault", "reason"), [
+    (Fault(method="POST", path=MEMORY, status=503), "server_error"),
+    (Fault(method="POST", path=MEMORY, drop=True), "connection_error"),
+    (Fault(method="POST", path=MEMORY, status=401), "auth"),
+    (Fault(method="POST", path=MEMORY, status=403), "auth"),
+])
+def test_transient_failures_back_off_exponentially_with_full_jitter(
+    writer: Writer, sim: ZepSimulator, fault: Fault, reason: str
+) -> None:
+    """base 2 s × 2^failures, capped at 300 s; the jitter draws within [0, ceiling]."""
+    sim.ensure_session("t-1")
+    sim.add_fault(fault)
+    countdowns = []
+    for failures in (0, 1, 2, 3):  # the fifth breaker failure in a row opens the circuit
+        verdict = writer.deliver(payload(), failures=failures)
+        assert isinstance(verdict, Retry) and verdict.reason == reason and verdict.counts
+        countdowns.append(verdict.countdown)
+    assert countdowns == [2.0, 4.0, 8.0, 16.0]
+    assert backoff(7, upper) == 256.0 and backoff(8, upper) == backoff(30, upper) == BACKOFF_CAP_S
+    assert backoff(3, lambda a, b: a) == 0.0
+
+
+def test_auth_failures_do_not_open_the_breaker(
+    writer: Writer, sim: ZepSimulator, conn: redis.Redis, keys: Keys, clock: FakeClock
+) -> None:
+    """401 is counted as auth, not as a breaker failure: keys get fixed, Zep is up."""
+    sim.add_fault(Fault(method="POST", path=MEMORY, status=401))
+    before = counter("memory_zep_write_failures_total", {"reason": "auth"})
+    for i in range(8):
+        writer.deliver(payload(cmid=f"a{i}"))
+    assert Breaker(conn, keys, clock=clock).state() is CircuitState.CLOSED
+    assert counter("memory_zep_write_failures_total", {"reason": "auth"}) == before + 8
+
+
+@pytest.mark.parametrize("status", [400, 413, 422])
+def test_other_4xx_is_dead_lettered_at_once(writer: Writer, sim: ZepSimulator,
+                                             status: int) -> None:
+    """A request Zep will never accept goes to the DLQ on the first attempt."""
+    sim.ensure_session("t-1")
+    sim.add_fault(Fault(method="POST", path=MEMORY, status=status, body={"message": "no"}))
+    assert writer.deliver(payload()) == DeadLetter("client_error", status)
+
+
+def test_the_last_retry_dead_letters(writer: Writer, sim: ZepSimulator,
+                                     read_settings: Settings) -> None:
+    """After MEMORY_WRITE_MAX_RETRIES failures the write is dead-lettered."""
+    sim.ensure_session("t-1")
+    sim.add_fault(Fault(method="POST", path=MEMORY, status=500))
+    last = read_settings.write_max_retries
+    assert isinstance(writer.deliver(payload(), failures=last - 1), Retry)
+    assert writer.deliver(payload(), failures=last) == DeadLetter("server_error", 500)
+
+
+def test_a_missing_session_is_created_with_its_user(writer: Writer, sim: ZepSimulator) -> None:
+    """404 on add: the user and the session are created, then the write goes on."""
+    assert writer.deliver(payload(thread="fresh", user_id="u-7")) == Done("stored")
+    assert len(sim.messages("fresh")) == 1
+    paths = [r.path for r in sim.requests()]
+    assert any(p.endswith("/users") for p in paths) and any(p.endswith("/sessions") for p in paths)
+
+
+def test_a_long_message_arrives_as_ordered_chunks_exactly_once(
+    writer: Writer, sim: ZepSimulator
+) -> None:
+    """6,000 characters → 3 chunks of ≤2500 that join back, even when delivered twice."""
+    content = "".join(f"line {i:04d} of the listing details. " for i in range(200))[:6000]
+    sim.ensure_session("t-long")
+    assert writer.deliver(payload(cmid="long", content=content, thread="t-long")) == Done("stored")
+    stored = sim.messages("t-long")
+    assert len(stored) == 3 and "".join(m["content"] for m in stored) == content
+    assert [m["metadata"]["chunk"] for m in stored] == [1, 2, 3]
+
+
+def test_with_the_breaker_open_zep_sees_no_write_until_half_open_then_one(
+    writer: Writer, sim: ZepSimulator, conn: redis.Redis, keys: Keys, clock: FakeClock
+) -> None:
+    """Open: retries wait for reopen_at, no call, no attempt used; half-open: one trial."""
+    sim.ensure_session("t-1")
+    sim.add_fault(Fault(method="POST", path=MEMORY, status=503))
+    breaker = Breaker(conn, keys, clock=clock)
+    while breaker.state() is not CircuitState.OPEN:
+        writer.deliver(payload(cmid=f"fail-{clock()}"))
+        clock.advance(0.01)
+    sim.reset_requests()
+
+    waiting = [writer.deliver(payload(cmid=f"w{i}")) for i in range(5)]
+    assert all(isinstance(v, Retry) and v.reason == "circuit_open" and not v.counts
+               for v in waiting)
+    assert sim.requests() == []
+
+    # Half-open with Zep still down: one trial call, the others keep waiting.
+    clock.advance(min(v.countdown for v in waiting if isinstance(v, Retry)))
+    verdicts = [writer.deliver(payload(cmid=f"w{i}")) for i in range(5)]
+    assert len(sim.requests("POST", MEMORY)) == 1
+    assert [v.reason for v in verdicts if isinstance(v, Retry)].count("circuit_open") == 4
+
+    # Zep heals: the next trial closes the circuit and the writes flow again.
+    sim.clear_faults()
+    clock.advance(max(v.countdown for v in verdicts if isinstance(v, Retry)))
+    assert [writer.deliver(payload(cmid=f"w{i}")) for i in range(5)] == [Done("stored")] * 5
+    assert breaker.state() is CircuitState.CLOSED
+    assert len(sim.messages("t-1")) == 5
+
+
+def test_a_write_survives_a_thirty_minute_outage_with_default_settings(
+    writer: Writer, sim: ZepSimulator, clock: FakeClock
+) -> None:
+    """Follow the countdowns through 30 minutes of 503s: the message is never dead-lettered."""
+    sim.ensure_session("t-1")
+    sim.add_fault(Fault(method="POST", path=MEMORY, status=503))
+    start, failures = clock(), 0
+    while clock() - start < 30 * 60:
+        verdict = writer.deliver(payload(cmid="patient"), failures)
+        assert isinstance(verdict, Retry), f"dead-lettered after {clock() - start:.0f}s"
+        failures += 1 if verdict.counts else 0
+        clock.advance(verdict.countdown)
+    sim.clear_faults()
+    clock.advance(300)
+    assert writer.deliver(payload(cmid="patient"), failures) == Done("stored")
+    assert len(sim.messages("t-1")) == 1
