@@ -21,6 +21,8 @@ from memory_worker.redaction import redact_all_text, redact_text
          "Viewing address: [ADDRESS]\nHi"),
         ("12 Main St. is fine", "[ADDRESS] is fine"),
         ("Daire 7 Ecevit Close, Lefkoşa adresinde", "Daire [ADDRESS] adresinde"),
+        ("I live at 12 King's Road, London SW3 4UP.", "I live at [ADDRESS]."),
+        ("Villa 3, St. Hilarion Lane, Karmi.", "[ADDRESS]."),
     ],
 )
 def test_english_street_addresses_are_redacted(text: str, expected: str) -> None:
@@ -42,6 +44,8 @@ def test_english_street_addresses_are_redacted(text: str, expected: str) -> None
         ("Kargo 1234 Sok. adresine", "Kargo [ADDRESS] adresine"),
         ("ATATÜRK CAD. NO: 12 DAİRE 3", "[ADDRESS]"),
         ("Osman Paşa Cad. No: 55 Daire 2'ye bırakın", "[ADDRESS]'ye bırakın"),
+        ("Daire Dr. Fazıl Küçük Bulvarı No: 45 Daire 6 adresinde", "Daire [ADDRESS] adresinde"),
+        ("Adresim 25 Haziran Cad. No: 3 Daire 1.", "Adresim [ADDRESS]."),
     ],
 )
 def test_turkish_street_addresses_are_redacted(text: str, expected: str) -> None:
@@ -57,6 +61,8 @@ def test_turkish_street_addresses_are_redacted(text: str, expected: str) -> None
         "2 bedroom in Esentepe, 7 January 2024", "2+1 Esentepe Mahallesi'nde var mı?",
         "Gazimağusa bölgesinde 80.000-150.000 TL arası 1+0 var mı?",
         "Can we do the viewing on 6 May 2025 at 08:15?", "Follow the Road to Kyrenia",
+        "The villa is 10 Minutes Drive from Kyrenia.", "Price 250,000 GBP. Way too high!",
+        "Kat 3, Daire 5 mi?", "It is on the High Street near the bank.",
     ],
 )
 def test_places_streets_without_numbers_and_room_counts_are_not_addresses(text: str) -> None:

@@ -37,7 +37,7 @@ def test_north_cyprus_and_turkish_landlines_are_redacted(number: str) -> None:
     ["+357 24 463134", "+357 96 162 208", "00357 94 105821", "+44 7907 691000",
      "+44 (0) 7840 048662", "+44 20 7636 2134", "07840 048662", "020 7636 2134",
      "+49 (0)89 88570159", "+49 151 94480477", "+7 (499) 402-54-02", "+7 929 731-57-31",
-     "+1 (213) 915-1484", "+1 702-953-0863", "+1 718 332 4940"],
+     "+1 (213) 915-1484", "+1 702-953-0863", "+1 718 332 4940", "07700 900123"],
 )
 def test_cypriot_british_and_other_international_numbers_are_redacted(number: str) -> None:
     """+/00 forms of any country, and British national numbers with trunk 0."""
@@ -101,6 +101,7 @@ def test_a_bare_unformatted_number_without_context_is_kept() -> None:
 def test_cypriot_eight_digit_number_is_redacted_only_with_a_phone_word() -> None:
     """Eight digits are a date, a listing or a Cypriot number; only words tell."""
     assert redact_text("Mob: 99 123456") == "Mob: [PHONE]"
+    assert redact_text("Landline 22 123456") == "Landline [PHONE]"
     assert redact_text("İlan no: 99334166") == "İlan no: 99334166"
     assert redact_text("about listing 25524445.") == "about listing 25524445."
 

@@ -24,26 +24,49 @@ import re
 from memory_worker.redaction.spans import Span
 
 _UP = "A-ZÇĞİÖŞÜÂÎÛ"
+# Words that open Turkish and English sentences or name a unit after a figure
+# ("5 Minutes Walk", "3 Bedroom Place"): never part of a street name.
 _STOP_WORDS = (
-    "Adres|Adresi|Adresim|Adresimiz|Adresine|Address|Faturayı|Fatura|Faturası|Anahtarları|"
-    "Anahtarı|Anahtar|Daire|Dairem|Ev|Evim|Evimiz|Ofis|Ofisimiz|Bana|Beni|Bize|Lütfen|"
-    "Merhaba|Teslim|Kargo|Kargoyu|Paketi|Sözleşmeyi|Belgeleri|Konum|Tel|Telefon|Cep|"
-    "The|A|An|At|In|On|To|From|Near|By|My|Our|Your|I|We|You|It|This|That|Viewing|Please|"
-    "Send|Post|Flat|Apartment|Villa|Hi|Hello|Dear|Thanks|Thank|Can|Could|Would|Is|Are|And|"
-    "But|Also|Call|Phone|Email|Mobile|Ve|Ama|Bu|Şu|Bir|Ben|Biz|Siz|Sen|Teşekkürler"
+    "Adres", "Adresi", "Adresim", "Adresimiz", "Adresine", "Address", "Faturayı", "Fatura",
+    "Faturası", "Anahtarları", "Anahtarı", "Anahtar", "Daire", "Dairem", "Ev", "Evim", "Evimiz",
+    "Ofis", "Ofisimiz", "Bana", "Beni", "Bize", "Lütfen", "Merhaba", "Teslim", "Kargo",
+    "Kargoyu", "Paketi", "Sözleşmeyi", "Belgeleri", "Konum", "Tel", "Telefon", "Cep", "The", "A",
+    "An", "At", "In", "On", "To", "From", "Near", "By", "My", "Our", "Your", "I", "We", "You",
+    "It", "This", "That", "Viewing", "Please", "Send", "Post", "Flat", "Apartment", "Villa",
+    "Hi", "Hello", "Dear", "Thanks", "Thank", "Can", "Could", "Would", "Is", "Are", "And", "But",
+    "Also", "Call", "Phone", "Email", "Mobile", "Ve", "Ama", "Bu", "Şu", "Bir", "Ben", "Biz",
+    "Siz", "Sen", "Teşekkürler", "Minutes", "Minute", "Mins", "Min", "Hours", "Days", "Weeks",
+    "Months", "Years", "Miles", "Mile", "Km", "Metres", "Meters", "Bedroom", "Bedrooms", "Bed",
+    "Beds", "Room", "Rooms", "Star", "Dakika", "Saat", "Gün", "Yıl",
 )
+
+
+def _alternation(words: tuple[str, ...]) -> str:
+    """``words`` as one alternation grouped by first letter, so that the regex
+    engine compares one letter per group rather than every word at each name."""
+    groups: dict[str, list[str]] = {}
+    for word in sorted(set(words), key=len, reverse=True):
+        groups.setdefault(word[0], []).append(re.escape(word[1:]))
+    return "|".join(
+        f"{first}(?:{'|'.join(rests)})" for first, rests in groups.items()
+    )
+
+
 _NAME = (
-    rf"(?!(?:{_STOP_WORDS})(?![^\W\d_]))"
+    rf"(?!(?:{_alternation(_STOP_WORDS)})(?![^\W\d_]))"
     rf"[{_UP}][^\W\d_]{{0,24}}(?:-[^\W\d_]{{1,24}})?(?:['’]s)?(?![^\W_])"  # "King's"
 )
-_NAMES = rf"{_NAME}\.?(?:[ ]{_NAME}\.?){{0,3}}"  # "Dr. Fazıl Küçük", "Şht. Hüseyin Ruso"
+# Title abbreviations keep their dot inside a name: "Dr. Fazıl Küçük", "Şht. Hüseyin Ruso".
+_ABBREVIATION = rf"[{_UP}][a-zçğıöşü]{{1,4}}\."
+_NAME_WORD = rf"(?:{_ABBREVIATION}|{_NAME})"
+_NAMES = rf"{_NAME_WORD}(?:[ ]{_NAME_WORD}){{0,3}}"
 _PLACE_NAME = rf"{_NAME}(?:[ ]{_NAME}){{0,2}}"
 
 # Street words are matched in any case ("CAD.", "sokak", "road"); a full word
 # must end where it ends, an abbreviation's dot already ends it.
 _EN_TYPE = (
     r"(?i:(?:St|Rd|Ave|Blvd)\.|(?:Street|St|Road|Rd|Avenue|Ave|Lane|Drive|Close|Boulevard|Blvd|"
-    r"Court|Way|Crescent|Place|Square|Terrace|Gardens|Grove|Hill|Row|Walk|Mews|Parade)(?!\w))"
+    r"Court|Way|Crescent|Place|Square|Terrace|Gardens|Grove|Hill|Row|Mews|Parade)(?!\w))"
 )
 _UNIT = r"(?:Flat|Apartment|Apt\.?|Unit|Suite|Villa|House)[ ]?\d{1,4}[A-Za-z]?"
 _HOUSE = r"\d{1,4}[A-Za-z]?(?:[-/]\d{1,4}[A-Za-z]?)?"
@@ -60,6 +83,7 @@ _TR_AREA_TYPE = (
     r"(?i:(?:Mah|Mh|Apt)\.|(?:Mahallesi|Sitesi|Apartmanı|Evleri|Konutları|Rezidans|Residence)"
     r"(?!\w))"
 )
+_TR_TYPES = re.compile(rf"{_TR_STREET_TYPE}|{_TR_AREA_TYPE}")
 _TR_PLACE = rf"(?:{_NAMES}|\d{{1,5}}\.?)[ ](?:{_TR_STREET_TYPE}|{_TR_AREA_TYPE})"
 _TR_DOOR = r"(?i:No|Numara)[:.]?[ ]?\d{1,5}[A-Za-z]?(?:[ ]?/[ ]?\d{1,4})?"
 _TR_FLAT = r"(?i:Daire|D|Kat|K)[ ]?[:.]?[ ]?\d{1,4}(?!\d)"
@@ -73,17 +97,18 @@ _TR_ADDRESS = (
 
 _POSTCODE = r"(?:[A-Z]{1,2}\d[A-Z\d]?[ ]\d[A-Z]{2}|\d{5})(?!\w)"
 _CITY = rf"(?:\d{{5}}[ ])?{_PLACE_NAME}(?:[ ]?/[ ]?{_NAME})?(?:[ ]{_POSTCODE})?"
+# ", Esentepe, North Cyprus", ", Brighton BN1 9EU", " Kadıköy/İstanbul", " Girne", or nothing.
 _TAIL = rf"(?:,[ ]?{_CITY}){{1,2}}|[ ]{_NAME}(?:[ ]?/[ ]?{_NAME})?(?!\w)|"
 
 # An address does not continue a word, a placeholder, a room count or a code.
-_ADDRESS = re.compile(rf"(?<![\w\[\]+/.-])(?:{_EN_ADDRESS}|{_TR_ADDRESS})(?:{_TAIL})")
+_ADDRESS = re.compile(rf"(?<![\w\[\]+/.,-])(?:{_EN_ADDRESS}|{_TR_ADDRESS})(?:{_TAIL})")
 
 # Cheap test for a street word before the grammar runs. Capitalised and
 # upper-case words make a fast regex (only capitals enter the alternation);
 # lower-case forms are looked up as substrings, which is faster still.
 _STREET_WORDS = (
     "street", "road", "avenue", "lane", "drive", "close", "boulevard", "blvd", "court", "way",
-    "crescent", "place", "square", "terrace", "gardens", "grove", "hill", "row", "walk", "mews",
+    "crescent", "place", "square", "terrace", "gardens", "grove", "hill", "row", "mews",
     "parade", "st", "rd", "ave", "mahallesi", "mah", "mh", "caddesi", "cadde", "cad", "cd",
     "sokağı", "sokak", "sok", "sk", "bulvarı", "blv", "bulv", "yolu", "sitesi", "apartmanı",
     "apt", "evleri", "konutları", "rezidans", "residence",
@@ -98,15 +123,10 @@ _LOWER_STREET_WORDS = ("cad", "sok", "sk.", "mah", "street", "road")
 
 
 def _has_street_word(text: str) -> bool:
+    """Whether the grammar could match at all: it needs a street or area word."""
     if _CAPITALISED_STREET_WORD.search(text) is not None:
         return True
-    for word in _LOWER_STREET_WORDS:
-        if word in text:
-            return True
-    return False
-
-
-_TR_TYPES = re.compile(rf"{_TR_STREET_TYPE}|{_TR_AREA_TYPE}")
+    return any(word in text for word in _LOWER_STREET_WORDS)
 
 
 def find_addresses(text: str) -> list[Span]:

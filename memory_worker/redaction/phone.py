@@ -7,7 +7,7 @@
 2. A run is first judged whole. When it fails and has spaces in it, it may
    hold two numbers side by side or a number plus a stray group
    ("... 45 67 2+1"), so it is cut at its spaces into the longest segments
-   that pass, within a fixed budget of look-ups per run.
+   that pass, within a budget of checks that grows with the run.
 3. A segment is a phone when it validates for its written form: ``+`` (any
    country), ``00`` (dialled abroad), trunk ``0`` (Turkey, Britain) or bare
    digits (Turkey, Cyprus). Bare digits also need the words around them to
@@ -43,13 +43,14 @@ _UNIT_AFTER = re.compile(
 )
 
 _SHORTEST = 8           # no number we accept has fewer digits
-_LONGEST_RUN = 80       # five numbers side by side; longer runs are not lists of phones
+_LONGEST_RUN = 120      # eight numbers side by side; longer runs are not lists of phones
 _CHUNKS_PER_NUMBER = 7  # "00 90 533 289 75 21" has six
-_CHECKS_PER_RUN = 8     # numbering-plan look-ups one split run may cost
+_CHARACTERS_PER_CHECK = 14  # a split run may cost about one full check per number it can hold
 
-# A number does not continue a word, a decimal, a code, a path or an amount.
-_GLUED_BEFORE = frozenset("_+-.,#@=&%$£€₺¥\\")
-_GLUED_AFTER = frozenset("_%°@$£€₺¥")
+# A number does not continue a word, a decimal, a code, a path, an amount or
+# (so that a later pass judges it as this one did) a placeholder.
+_GLUED_BEFORE = frozenset("_+-.,#@=&%$£€₺¥\\]")
+_GLUED_AFTER = frozenset("_%°@$£€₺¥[")
 
 # How a number is written, and the digit counts each form can have.
 Form = Literal["plus", "abroad", "trunk", "bare"]
@@ -62,8 +63,8 @@ _DIGIT_COUNTS: dict[Form, frozenset[int]] = {
 
 
 # Numbering-plan verdicts already given in this text, by written form and digits:
-# a message repeating one number (or a hostile one repeating it 1500 times)
-# asks the library once.
+# a message that repeats a number (or a hostile one that repeats it thousands
+# of times) asks the library once.
 Verdicts = dict[tuple[Form, str], bool]
 
 _PLAN: dict[Form, Callable[[str], bool]] = {
@@ -107,32 +108,35 @@ def _split_run(text: str, start: int, end: int, verdicts: Verdicts) -> list[Span
     """The phones in a run that is not one phone, cut at its spaces, longest first.
 
     Inside a run only a trunk ``0`` or an area code in parentheses starts a
-    further number: anything else is the tail of the number before it.
+    further number: anything else is the tail of the number before it. The
+    digits are read once, so a segment of a length its form cannot have costs
+    one subtraction; full checks are budgeted by the run's size.
     """
     chunks = [m.span() for m in _CHUNK.finditer(text, start, end)]
+    digits = [_digits(text[a:b]) for a, b in chunks]
+    digits_before = [0]
+    for chunk in digits:
+        digits_before.append(digits_before[-1] + len(chunk))
     found: list[Span] = []
-    checks = _CHECKS_PER_RUN
+    checks = 2 + (end - start) // _CHARACTERS_PER_CHECK
     first = 0
     while first < len(chunks) and checks > 0:
-        if first and text[chunks[first][0]] not in "0(":
-            first += 1
-            continue
-        stop = min(len(chunks), first + _CHUNKS_PER_NUMBER)
-        for last in range(stop, first, -1):
-            if first == 0 and last == len(chunks):
-                continue  # the whole run was judged already
-            segment = _outside_parentheses(text, chunks[first][0], chunks[last - 1][1])
-            if not _plausible_length(text, segment):
-                continue
-            checks -= 1
-            if _is_phone(text, segment, verdicts):
-                found.append(segment)
-                first = last
-                break
-            if checks == 0:
-                break
-        else:
-            first += 1
+        last = None
+        if first == 0 or text[chunks[first][0]] in "0(":
+            counts = _DIGIT_COUNTS[_form(text[chunks[first][0]], "".join(digits[first:first + 2]))]
+            for candidate in range(min(len(chunks), first + _CHUNKS_PER_NUMBER), first, -1):
+                size = digits_before[candidate] - digits_before[first]
+                if size not in counts or (first == 0 and candidate == len(chunks)):
+                    continue  # a length this form cannot have, or the whole run, judged already
+                checks -= 1
+                segment = _outside_parentheses(text, chunks[first][0], chunks[candidate - 1][1])
+                if _is_phone(text, segment, verdicts):
+                    found.append(segment)
+                    last = candidate
+                    break
+                if checks == 0:
+                    break
+        first = last if last is not None else first + 1
     return found
 
 
@@ -145,12 +149,6 @@ def _outside_parentheses(text: str, start: int, end: int) -> Span:
     return Span(start, end, "phone")
 
 
-def _plausible_length(text: str, segment: Span) -> bool:
-    raw = text[segment.start:segment.end]
-    digits = _digits(raw)
-    return len(digits) in _DIGIT_COUNTS[_form(raw, digits)]
-
-
 def _digits(raw: str) -> str:
     """The digits of ``raw`` as ASCII (people also type full-width and Arabic-Indic digits)."""
     digits = _NON_DIGIT.sub("", raw)
@@ -160,9 +158,10 @@ def _digits(raw: str) -> str:
 
 
 def _is_phone(text: str, segment: Span, verdicts: Verdicts) -> bool:
+    """The whole judgement of one segment: length, glue, words, numbering plan."""
     raw = text[segment.start:segment.end]
     digits = _digits(raw)
-    form = _form(raw, digits)
+    form = _form(raw[0], digits)
     if len(digits) not in _DIGIT_COUNTS[form] or _glued(text, segment, form):
         return False
     if form == "plus":
@@ -194,8 +193,9 @@ def _is_bare_phone(text: str, segment: Span, raw: str) -> bool:
     return sum(sizes) == 10 and _grouped_like_phone(sizes)
 
 
-def _form(raw: str, digits: str) -> Form:
-    if raw.startswith("+"):
+def _form(first_character: str, digits: str) -> Form:
+    """How the number is written, from its first character and its digits."""
+    if first_character == "+":
         return "plus"
     if digits.startswith("00"):
         return "abroad"
@@ -215,9 +215,11 @@ def _glued(text: str, segment: Span, form: Form) -> bool:
         after = text[end]
         if after.isalnum() or after in _GLUED_AFTER:
             return True
-        if after in ",/+" and text[end + 1:end + 2].isdigit():
-            return True
-    return form != "plus" and _UNIT_AFTER.match(text, end) is not None
+        if after in ",+" and text[end + 1:end + 2].isdigit():
+            return True  # "1,500", "2+1": the figure goes on
+        if after == "/" and form == "bare":
+            return True  # a path, a ratio or a date; "0533 ... / 0542 ..." lists keep their 0
+    return _UNIT_AFTER.match(text, end) is not None
 
 
 def _looks_like_amount(sizes: list[int]) -> bool:

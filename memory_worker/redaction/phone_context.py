@@ -2,10 +2,12 @@
 
 A bare ``5xx xxx xx xx`` is both a Turkish mobile number and the shape of a
 10-digit listing or order number; only the words around it tell them apart.
-The nearest cue among the few words before a candidate wins ("İlan numarası"
-says listing although "numara" alone would say phone), then the first words
-after it ("'yı arayın", "numaralı ilan"). Words are matched by stem so that
-Turkish suffixes (telefon-u, numara-m, ara-yın) need no list of their own.
+The nearest telling word among the few before a candidate wins; a word that
+only names a number ("numarası", "number", "no") lets the word before it
+decide ("İlan numarası" is a listing, "telefon numarası" a phone). The word
+right after the number counts too ("'yı arayın", "numaralı ilan"). Words are
+matched by stem so that Turkish suffixes (telefon-u, ara-yın, ulaş-abilirsiniz)
+need no list of their own.
 """
 
 from __future__ import annotations
@@ -25,12 +27,13 @@ class Cue(Enum):
 
 # Folded (see ``words.fold``): ASCII, lower case, Turkish letters mapped.
 _PHONE_WORDS = frozenset(
-    {"tel", "tlf", "mob", "gsm", "cep", "wa", "sms", "ara", "arar", "call", "text", "ring",
-     "dial", "fax", "faks", "cell", "line", "hat", "viber", "telegram", "signal", "imo"}
+    {"tel", "tlf", "mob", "gsm", "cep", "wa", "wp", "sms", "ara", "call", "text", "txt", "ring",
+     "dial", "fax", "faks", "cell", "line", "landline", "sabit", "hat", "viber", "telegram",
+     "signal", "imo"}
 )
 _PHONE_STEMS = (
-    "telefon", "phone", "mobil", "whatsapp", "aray", "ulas", "iletisim", "hatt", "calling",
-    "contact", "reach", "mesaj", "dahili", "santral",
+    "telefon", "teleph", "phone", "mobil", "whatsap", "aray", "arar", "aradig", "ulas",
+    "iletisim", "hatt", "calling", "contact", "reach", "mesaj", "message", "dahili", "santral",
 )
 _OTHER_WORDS = frozenset(
     {"tc", "id", "ada", "tax", "pin", "vkn", "sku", "po", "ref"}
@@ -41,6 +44,7 @@ _OTHER_STEMS = (
     "code", "booking", "rezervasyon", "tracking", "takip", "kargo", "dekont", "receipt",
     "ticket", "vergi", "musteri", "customer", "abone", "sicil", "serial", "seri", "portfoy",
     "police", "policy", "sozlesme", "contract", "parsel", "advert", "property", "mulk",
+    "hesab", "kart", "card", "dosya",
 )
 # "number", "numarası", "no" name a number without saying of what, so the
 # word before them decides ("ilan numarası", "telefon numarası", "my

@@ -24,12 +24,8 @@ _CY_LEADS = "29"
 
 
 def _valid(country_code: int, national: str) -> bool:
-    try:
-        return bool(phonenumbers.is_valid_number(
-            PhoneNumber(country_code=country_code, national_number=int(national))
-        ))
-    except (ValueError, NumberParseException):
-        return False
+    number = PhoneNumber(country_code=country_code, national_number=int(national))
+    return bool(phonenumbers.is_valid_number(number))
 
 
 def international(digits: str) -> bool:
@@ -80,11 +76,21 @@ def dialled_abroad(digits: str) -> bool:
 
 
 def national(digits: str) -> bool:
-    """Trunk ``0`` + a Turkish or British national number."""
+    """Trunk ``0`` + a Turkish or British national number.
+
+    ``07`` + nine digits is a British mobile by its shape alone (no Turkish
+    number starts with 7), so it counts even in ranges the library holds
+    back, such as the 07700 900xxx numbers reserved for fiction.
+    """
     rest = digits[1:]
     if len(rest) == 10 and rest[0] in _TR_LEADS and _valid(_TR, rest):
         return True
-    return len(rest) in (9, 10) and rest[0] in _GB_LEADS and _valid(_GB, rest)
+    if len(rest) not in (9, 10) or rest[0] not in _GB_LEADS:
+        return False
+    number = PhoneNumber(country_code=_GB, national_number=int(rest))
+    if phonenumbers.is_valid_number(number):
+        return True
+    return len(rest) == 10 and rest[0] == "7" and bool(phonenumbers.is_possible_number(number))
 
 
 class Reading(NamedTuple):

@@ -1,12 +1,15 @@
 """The redaction processor: a small callable configured once, applied to any text.
 
-Kinds run one after the other on the text the previous kind produced:
-emails first (their local parts may be all digits, "05331121385@outlook.com"),
-then phones, then addresses. A pass is repeated until the text no longer
-changes, so redacting redacted text is a no-op: a later pass over a payload
-or a log line can never find, count or change anything more. Placeholders
-hold no digit and no ``@``, so the repeat stops after at most one extra pass
-in practice; it is bounded all the same.
+Kinds run one after the other, each on the text the previous one produced:
+emails first (a local part may be all digits, "05331121385@outlook.com"),
+then phones, then addresses.
+
+Some verdicts depend on surroundings that a replacement changes: the cue
+words a few words before a number, the character glued to it. So a pass is
+repeated until it changes nothing; redacting redacted text is then a no-op
+by construction, and a later pass over a payload or a log line can never
+find, count or change anything more. One pass settles ordinary text and the
+second only confirms it; the repetition is bounded all the same.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ from memory_worker import metrics
 from memory_worker.redaction.address import find_addresses
 from memory_worker.redaction.email import find_emails
 from memory_worker.redaction.phone import find_phones
-from memory_worker.redaction.spans import Kind, Span, replace_spans
+from memory_worker.redaction.spans import KINDS, Kind, Span, replace_spans
 
 Finder = Callable[[str], list[Span]]
 
@@ -90,7 +93,7 @@ class Redactor:
 
 
 def _count(counts: RedactionCounts) -> None:
-    for kind in ("email", "phone", "address"):
+    for kind in KINDS:
         found = counts[kind]
         if found:
             metrics.safe_inc(metrics.redactions, found, field_type=kind)

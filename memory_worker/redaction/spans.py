@@ -2,8 +2,8 @@
 
 Each finder reports ``Span`` values in the coordinates of the text it was
 given; ``replace_spans`` turns them into the redacted text. Placeholders hold
-no digit and no ``@`` and start with ``[``, which every finder refuses as the
-start of a match, so redacted text never matches again.
+no digit and no ``@``, and no finder reads ``[`` or ``]`` as part of a match,
+so a placeholder itself is never matched again.
 """
 
 from __future__ import annotations

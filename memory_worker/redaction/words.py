@@ -1,8 +1,8 @@
 """Words of running text, compared the way Turkish and English writers vary them.
 
-Context decisions look at words, never at characters: a placeholder or a
-redacted number between a cue word and a candidate must not change what the
-cue says, or a second redaction pass could decide differently from the first.
+Context decisions look at words, not at the characters between them, so a
+placeholder or a redacted number between a cue word and a candidate does not
+change what the cue says.
 """
 
 from __future__ import annotations
@@ -21,6 +21,9 @@ _FOLD = str.maketrans(
      "û": "u", "\u0307": None}
 )
 
+# Three words usually fit in this many characters before a number.
+_NEAR = 32
+
 
 def fold(word: str) -> str:
     """A comparison key: case-insensitive, Turkish dotted/dotless i and accents merged."""
@@ -28,8 +31,15 @@ def fold(word: str) -> str:
 
 
 def words_before(text: str, position: int, count: int, reach: int = 80) -> list[str]:
-    """The last ``count`` folded words that end before ``position``, nearest first."""
-    found = _WORD.findall(text, max(0, position - reach), position)
+    """The last ``count`` folded words that end before ``position``, nearest first.
+
+    A short window usually holds them; the full ``reach`` is read only when it
+    does not. (A word cut by a window's edge is not a word: the look-behind
+    sees the letter before the edge.)
+    """
+    found = _WORD.findall(text, max(0, position - _NEAR), position)
+    if len(found) < count and position > _NEAR:
+        found = _WORD.findall(text, max(0, position - reach), position)
     return [fold(word) for word in reversed(found[-count:])]
 
 
