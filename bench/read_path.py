@@ -60,19 +60,20 @@ def measure(call: Callable[[], object], iterations: int,
     return samples
 
 
-def start_simulator() -> tuple[subprocess.Popen[str], str]:
+def start_simulator() -> tuple[subprocess.Popen[bytes], str]:
+    """``memory-worker zep-sim`` in its own process, its output to a file (never a full pipe)."""
+    log = Path(__file__).resolve().parent.parent / "var" / "bench" / "zep-sim-read.log"
+    log.parent.mkdir(parents=True, exist_ok=True)
     exe = Path(sys.executable).with_name("memory-worker")
-    proc = subprocess.Popen(
-        [str(exe), "zep-sim", "--port", "0", "--api-key", KEY],
-        stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True,
-        env={**os.environ, "MEMORY_LOG_FORMAT": "json"},
-    )
-    assert proc.stderr is not None
-    for line in proc.stderr:
-        found = re.search(r"listening on (http://\S+)", line)
+    proc = subprocess.Popen([str(exe), "zep-sim", "--port", "0", "--api-key", KEY],
+                            stdout=log.open("wb"), stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        found = re.search(r"listening on (http://\S+)", log.read_text())
         if found:
             return proc, found.group(1)
-    raise SystemExit("the simulator did not start")
+        time.sleep(0.05)
+    raise SystemExit(f"the simulator did not start; see {log}")
 
 
 def bench_redis_url() -> str:

@@ -8,6 +8,7 @@ line naming the variable, and raises ``ConfigError`` anywhere else.
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
 
@@ -108,6 +109,21 @@ def _configuration() -> dict[str, Any]:
         if click.get_current_context(silent=True) is not None:
             raise _ConfigurationExit(str(exc)) from None
         raise
+
+
+def sender(settings: Settings) -> Callable[[str, dict[str, Any]], None]:
+    """Publish ``memory.mirror_message`` to the broker of ``settings``, once, no kombu retries.
+
+    For processes whose settings are not the environment's (tools, benchmarks,
+    tests); the default runtime publishes through ``app``.
+    """
+    publisher = Celery("memory_worker_publisher", set_as_current=False)
+    publisher.conf.update(celery_config(settings))
+
+    def send(task_id: str, kwargs: dict[str, Any]) -> None:
+        publisher.send_task(MIRROR_TASK, kwargs=kwargs, task_id=task_id, retry=False)
+
+    return send
 
 
 app = Celery("memory_worker", include=["tasks.probe", "tasks.mirror"])

@@ -8,17 +8,16 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import redis
-from celery import Celery
 from click.testing import CliRunner
 
 from cli.main import cli
-from memory_worker.celery_app import MIRROR_TASK, WRITE_QUEUE, celery_config
+from memory_worker.celery_app import WRITE_QUEUE, sender
 from memory_worker.config import Settings
 from memory_worker.enqueue import Publisher
 from memory_worker.keys import Keys
@@ -36,17 +35,6 @@ from tests.processes import (
 MEMORY = "*/sessions/*/memory"
 PII_TEXT = "Reach me at deniz.kaya@example.com.tr or +90 533 765 43 21 about flat 4"
 LEAKS = ("deniz.kaya", "example.com.tr", "533 765", "765 43 21")
-
-
-def sender(settings: Settings) -> Callable[[str, dict[str, Any]], None]:
-    """A publisher's send through a Celery app of the test's own (its own broker URL)."""
-    app = Celery("test-publisher", set_as_current=False)
-    app.conf.update(celery_config(settings))
-
-    def send(task_id: str, kwargs: dict[str, Any]) -> None:
-        app.send_task(MIRROR_TASK, kwargs=kwargs, task_id=task_id, retry=False)
-
-    return send
 
 
 @pytest.fixture
