@@ -15,10 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import statistics
-import subprocess
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -32,6 +29,7 @@ from memory_worker.config import Settings
 from memory_worker.guard import Guard
 from memory_worker.runtime import Runtime
 from memory_worker.zep import ZepClient
+from memory_worker.zep_sim.process import spawn
 
 KEY = "bench-key"
 
@@ -60,22 +58,6 @@ def measure(call: Callable[[], object], iterations: int,
     return samples
 
 
-def start_simulator() -> tuple[subprocess.Popen[bytes], str]:
-    """``memory-worker zep-sim`` in its own process, its output to a file (never a full pipe)."""
-    log = Path(__file__).resolve().parent.parent / "var" / "bench" / "zep-sim-read.log"
-    log.parent.mkdir(parents=True, exist_ok=True)
-    exe = Path(sys.executable).with_name("memory-worker")
-    proc = subprocess.Popen([str(exe), "zep-sim", "--port", "0", "--api-key", KEY],
-                            stdout=log.open("wb"), stderr=subprocess.STDOUT)
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        found = re.search(r"listening on (http://\S+)", log.read_text())
-        if found:
-            return proc, found.group(1)
-        time.sleep(0.05)
-    raise SystemExit(f"the simulator did not start; see {log}")
-
-
 def bench_redis_url() -> str:
     parts = urlsplit(os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0"))
     return urlunsplit(parts._replace(path="/14"))
@@ -89,7 +71,8 @@ def main() -> None:
     redis_url = bench_redis_url()
     raw = redis.Redis.from_url(redis_url, decode_responses=True)
     raw.flushdb()
-    sim, sim_url = start_simulator()
+    log = Path(__file__).resolve().parent.parent / "var" / "bench" / "zep-sim-read.log"
+    sim, sim_url = spawn(log, KEY)
     try:
         settings = Settings(flag_zep_write=True, flag_zep_read=True, zep_api_url=sim_url,
                             zep_api_key=KEY, redis_url=redis_url, read_timeout_ms=1000,
