@@ -148,9 +148,13 @@ class ReadPolicy:
     perf: Callable[[], float] = time.perf_counter
     _last_block_log: float = field(default=0.0, repr=False)
 
-    @property
-    def base(self) -> Mode:
-        return base_mode(write=self.settings.flag_zep_write, read=self.settings.flag_zep_read)
+    def __post_init__(self) -> None:
+        # Settings are frozen: what every read needs is computed once, off the hot path.
+        self.base = base_mode(write=self.settings.flag_zep_write,
+                              read=self.settings.flag_zep_read)
+        self._reads = self.base.reads
+        self._forced_key = self.keys.forced
+        self._pause_key = self.keys.rate_limited_until
 
     def flow(self, thread_id: str, view: str) -> Flow:
         started = self.perf()
@@ -158,12 +162,12 @@ class ReadPolicy:
         metrics.safe_inc(metrics.context_requests)
         base = self.base
         meta = _Meta(self.perf, started, base)
-        if not base.reads:
+        if not self._reads:
             return None, meta.done(source="disabled", reason="reads_disabled")
 
         now = self.clock()
         cache_key = self.keys.context(thread_id, view)
-        snapshot = yield Snapshot([self.keys.forced, cache_key, self.keys.rate_limited_until])
+        snapshot = yield Snapshot([self._forced_key, cache_key, self._pause_key])
         shared = snapshot is not None
         if snapshot is None:
             forced = self.local.forced(now)

@@ -17,7 +17,7 @@ import os
 import threading
 import time
 import weakref
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable
 from typing import Any
 
 import redis
@@ -133,23 +133,17 @@ class Runtime:
             return result
 
     def _perform(self, step: Step) -> Any:
-        if isinstance(step, ZepRead):
+        if type(step) is ZepRead:
             return self.zep.get_memory(step.thread_id, step.lastn, step.budget_seconds)
-        return self._guarded(step, lambda: self._redis_step(step))
-
-    def _redis_step(self, step: Step) -> Any:
-        if isinstance(step, Snapshot):
-            return self.conn.mget(step.keys)
-        if isinstance(step, RunGuard):
-            return self._scripts[RunGuard](keys=step.call.keys, args=step.call.args)
-        assert isinstance(step, AfterRead | Pause)
-        return self._scripts[type(step)](keys=step.keys, args=step.args)
-
-    def _guarded(self, step: Step, run: Callable[[], Any]) -> Any:
         if time.monotonic() < self._redis_down_until:
             return None
         try:
-            return run()
+            if type(step) is Snapshot:  # the hot path: one MGET
+                return self.conn.mget(step.keys)
+            if type(step) is RunGuard:
+                return self._scripts[RunGuard](keys=step.call.keys, args=step.call.args)
+            assert isinstance(step, AfterRead | Pause)
+            return self._scripts[type(step)](keys=step.keys, args=step.args)
         except redis.RedisError:
             self._redis_failed(step)
             return None
