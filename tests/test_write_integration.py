@@ -133,6 +133,19 @@ def test_killing_the_worker_process_mid_write_still_stores_the_message_once(
     assert "WorkerLostError" in log.read_text()
 
 
+def test_stored_then_500_is_still_one_message_after_the_worker_retries(
+    publisher: Publisher, conn: redis.Redis, sim: ZepSimulator, keys: Keys, worker: Path
+) -> None:
+    """Zep keeps the write and answers 500: the retry meets the taken uuid; one message."""
+    sim.ensure_session("t-s5")
+    sim.add_fault(Fault(method="POST", path=MEMORY, process_first=True, status=500, times=1))
+    publisher.enqueue("t-s5", "user", "stored before the error", "s5-1")
+    wait_for(lambda: conn.exists(keys.write_done("s5-1")) == 1, 30, "the retried write")
+    assert len(sim.messages("t-s5")) == 1
+    assert len(sim.requests("POST", MEMORY)) == 2
+    assert '"zep_write_retry"' in worker.read_text()
+
+
 def test_429_schedules_the_retry_after_retry_after(
     publisher: Publisher, conn: redis.Redis, sim: ZepSimulator, worker: Path
 ) -> None:
