@@ -206,11 +206,10 @@ class Writer:
         return created
 
     def _finish(self, payload: Payload) -> None:
-        """Mark done, and drop the thread's cached context: it no longer has the last turn."""
-        pipe = self._conn.pipeline(transaction=False)
-        pipe.set(self._keys.write_done(payload.client_msg_id), "1", ex=DONE_MARKER_TTL_S)
-        pipe.delete(*self._keys.contexts(payload.thread_id))
-        pipe.execute()
+        """Mark done. The thread's cached context is left to its TTL on purpose: every chat
+        turn writes, so dropping it here would make nearly every read a miss; the app holds
+        the last turns itself, and ``memory-worker invalidate`` is there when it matters."""
+        self._conn.set(self._keys.write_done(payload.client_msg_id), "1", ex=DONE_MARKER_TTL_S)
 
 
 def _metric_reason(reason: Reason) -> str:
