@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: test lint typecheck unit redis bench soak clean
+.PHONY: test demo lint typecheck unit redis bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -26,11 +26,11 @@ unit: $(STAMP) redis
 
 test: lint typecheck unit
 
+demo: $(STAMP) redis
+	$(BIN)/python scripts/demo.py
+
 bench: $(STAMP) redis
 	@for b in bench/*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done
-
-soak: $(STAMP) redis
-	$(BIN)/python -m pytest -q -m soak --run-soak
 
 clean:
 	rm -rf $(VENV) var .mypy_cache .ruff_cache .pytest_cache

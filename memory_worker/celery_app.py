@@ -128,3 +128,6 @@ def sender(settings: Settings) -> Callable[[str, dict[str, Any]], None]:
 
 app = Celery("memory_worker", include=["tasks.probe", "tasks.mirror"])
 app.add_defaults(_configuration)
+
+# Pool processes clear and mark their metric files (prometheus_client multiprocess mode).
+from memory_worker import exposition as _exposition  # noqa: E402, F401

@@ -5,7 +5,8 @@
      ├── InvalidRequest         (also ValueError) bad read arguments: thread_id, view
      ├── InvalidMessage         (also ValueError) bad enqueue arguments; names the field
      ├── StateUnavailable       Redis could not be reached for shared state
-     └── OutboxUnavailable      the broker and the local outbox both failed a message
+     ├── OutboxUnavailable      the broker and the local outbox both failed a message
+     └── DrillAborted           a drill could not go on (its message is the FAIL reason)
 
 Third-party errors (redis, httpx, zep_python) are translated where they occur:
 Redis errors in the state modules, HTTP and SDK errors in ``zep.py``. Nothing
@@ -47,3 +48,7 @@ class StateUnavailable(MemoryWorkerError):
 
 class OutboxUnavailable(MemoryWorkerError):
     """The broker could not be reached and the local outbox could not be written."""
+
+
+class DrillAborted(MemoryWorkerError):
+    """A drill cannot go on: a stack it talks to did not answer as it must."""

@@ -1,0 +1,1 @@
+"""Example applications built on memory_worker's public API."""
