@@ -159,7 +159,8 @@ class Demo:
         flower_url, user, password = self.flower
 
         def flower_workers() -> dict[str, Any]:
-            answer = httpx.get(f"{flower_url}/api/workers", auth=(user, password), timeout=10)
+            answer = httpx.get(f"{flower_url}/api/workers", params={"refresh": "1"},
+                               auth=(user, password), timeout=10)
             return dict(answer.json()) if answer.status_code == 200 else {}
 
         wait_for(lambda: bool(flower_workers()), 30, "Flower to list the worker")
