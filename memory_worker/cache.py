@@ -8,16 +8,14 @@ there (a garbage value, an older format) reads as a miss, never as an error.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import redis
 
 from memory_worker.keys import Keys
 
 
-@dataclass(frozen=True)
-class CacheEntry:
+class CacheEntry(NamedTuple):  # a tuple: decoded on every cache hit, it must be cheap
     context: dict[str, Any] | None = None
     reason: str | None = None  # set on negative entries
 

@@ -21,7 +21,7 @@ import time
 import uuid
 from collections.abc import Callable, Generator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 from memory_worker import cache, metrics
 from memory_worker.clock import Clock
@@ -96,8 +96,7 @@ return 1
 """
 
 
-@dataclass(frozen=True)
-class Snapshot:
+class Snapshot(NamedTuple):  # a tuple: built on every read, it must be cheap
     keys: list[str]
 
 
@@ -285,6 +284,8 @@ class ReadPolicy:
 
 
 class _Meta:
+    __slots__ = ("_base", "_perf", "_started")
+
     def __init__(self, perf: Callable[[], float], started: float, base: Mode) -> None:
         self._perf, self._started, self._base = perf, started, base
 

@@ -139,7 +139,7 @@ class Runtime:
             return None
         try:
             if type(step) is Snapshot:  # the hot path: one MGET
-                return self.conn.mget(step.keys)
+                return self.conn.execute_command("MGET", *step.keys)  # type: ignore[no-untyped-call]
             if type(step) is RunGuard:
                 return self._scripts[RunGuard](keys=step.call.keys, args=step.call.args)
             assert isinstance(step, AfterRead | Pause)

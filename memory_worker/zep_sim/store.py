@@ -80,6 +80,9 @@ class Store:
         self._sessions: dict[str, _Session] = {}
         self._uuids: set[str] = set()
         self._log: list[RequestRecord] = []
+        # A request received before the log was last reset (a stalled one answering
+        # late) belongs to the earlier test or drill: it is not logged.
+        self._log_since = float("-inf")
 
     def _stamp(self) -> str:
         return datetime.fromtimestamp(self._clock(), UTC).isoformat().replace("+00:00", "Z")
@@ -90,6 +93,7 @@ class Store:
             self._sessions.clear()
             self._uuids.clear()
             self._log.clear()
+            self._log_since = self._clock()
 
     # users
 
@@ -276,7 +280,8 @@ class Store:
 
     def log(self, method: str, path: str, query: str, at: float, status: int | None) -> None:
         with self._lock:
-            self._log.append(RequestRecord(method, path, query, at, status))
+            if at >= self._log_since:
+                self._log.append(RequestRecord(method, path, query, at, status))
 
     def requests(self) -> list[RequestRecord]:
         with self._lock:
@@ -285,6 +290,7 @@ class Store:
     def reset_requests(self) -> None:
         with self._lock:
             self._log.clear()
+            self._log_since = self._clock()
 
     def now(self) -> float:
         return self._clock()
