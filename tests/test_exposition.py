@@ -27,30 +27,11 @@ from memory_worker import dlq, exposition, metrics
 from memory_worker.config import Settings
 from memory_worker.keys import Keys
 from memory_worker.modes import ForcedRecord
+from tests.contract import CONTRACT
 from tests.processes import ROOT, free_port, project_env, wait_for
 
 MEMORY_WORKER = str(Path(sys.executable).with_name("memory-worker"))
 
-# SPEC §9: every name, its type, and the label it carries.
-CONTRACT = {
-    "memory_mode_gauge": ("gauge", "mode"),
-    "memory_zep_downgrades_total": ("counter", "reason"),
-    "memory_zep_context_failures_total": ("counter", "reason"),
-    "memory_zep_redactions_total": ("counter", "field_type"),
-    "memory_zep_read_latency_seconds": ("histogram", None),
-    "memory_zep_context_requests_total": ("counter", None),
-    "memory_zep_context_cache_hits_total": ("counter", None),
-    "memory_zep_read_requests_total": ("counter", None),
-    "memory_zep_write_requests_total": ("counter", None),
-    "memory_zep_write_success_total": ("counter", None),
-    "memory_zep_write_failures_total": ("counter", "reason"),
-    "memory_zep_write_skipped_total": ("counter", "reason"),
-    "memory_zep_write_latency_seconds": ("histogram", None),
-    "memory_circuit_breaker_opens_total": ("counter", None),
-    "memory_probe_total": ("counter", "result"),
-    "memory_write_dlq_size": ("gauge", None),
-    "memory_redis_errors_total": ("counter", "op"),
-}
 
 Samples = dict[str, list[tuple[dict[str, str], float]]]
 
