@@ -83,16 +83,19 @@ class ForcedRecord:
         if not isinstance(data, dict):
             raise ValueError("forced record is not a JSON object")
         try:
-            return cls(
-                reason=str(data["reason"]),
-                source=str(data.get("source", "guard")),
+            record = cls(
+                reason=_text(data["reason"]),
+                source=_text(data.get("source", "guard")),
                 forced_at=float(data["forced_at"]),
                 until=float(data["until"]),
                 hold_seconds=int(data.get("hold_seconds", 0)),
-                mode=str(data.get("mode", Mode.WRITE_ONLY.value)),
+                mode=_text(data.get("mode", Mode.WRITE_ONLY.value)),
             )
-        except (KeyError, TypeError) as exc:
+        except (KeyError, TypeError, OverflowError) as exc:
             raise ValueError(f"forced record lacks a field: {exc}") from None
+        if not (math.isfinite(record.forced_at) and math.isfinite(record.until)):
+            raise ValueError("forced record has a non-finite time")
+        return record
 
     def remaining_seconds(self, now: float) -> int:
         """Whole seconds of hold left; 0 once ``until`` has passed."""
@@ -104,6 +107,12 @@ class ForcedRecord:
     def stale(self, now: float, grace_seconds: int) -> bool:
         """Past hold + grace: as good as deleted, whatever Redis still holds."""
         return now >= self.until + grace_seconds
+
+
+def _text(value: object) -> str:
+    if not isinstance(value, str):
+        raise TypeError(f"expected a string, got {type(value).__name__}")
+    return value
 
 
 def record_ttl_ms(hold_seconds: int, grace_seconds: int) -> int:
