@@ -20,7 +20,6 @@ import statistics
 import time
 from collections.abc import Callable
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 import redis
@@ -28,6 +27,7 @@ from zep_python.base_client import BaseClient
 
 from memory_worker import cache
 from memory_worker.config import Settings
+from memory_worker.connections import with_database
 from memory_worker.guard import Guard
 from memory_worker.runtime import Runtime
 from memory_worker.zep import ZepClient
@@ -65,8 +65,7 @@ def measure(calls: dict[str, Callable[[], object]], iterations: int,
 
 
 def bench_redis_url() -> str:
-    parts = urlsplit(os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0"))
-    return urlunsplit(parts._replace(path="/14"))
+    return with_database(os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0"), 14)
 
 
 def main() -> None:

@@ -26,7 +26,6 @@ import time
 import uuid
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 import redis
@@ -34,6 +33,7 @@ from celery import Celery
 
 from memory_worker.celery_app import celery_config, sender
 from memory_worker.config import Settings
+from memory_worker.connections import with_database
 from memory_worker.enqueue import Publisher
 from memory_worker.zep_sim.process import spawn
 
@@ -111,8 +111,7 @@ def main() -> None:
     opts = parser.parse_args()
     n: int = opts.messages
 
-    parts = urlsplit(os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0"))
-    redis_url = urlunsplit(parts._replace(path="/13"))
+    redis_url = with_database(os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0"), 13)
     conn = redis.Redis.from_url(redis_url, decode_responses=True)
     conn.flushdb()
     tmp = ROOT / "var" / "bench"

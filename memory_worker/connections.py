@@ -3,14 +3,20 @@
 from __future__ import annotations
 
 import functools
+from urllib.parse import urlsplit, urlunsplit
 
 import redis
 
-# State reads sit on the chat's hot path: a Redis that does not answer must
-# cost milliseconds, not the client library's default of waiting forever.
-STATE_SOCKET_TIMEOUT_S = 0.1
-# Operators and workers can afford to wait a little longer.
+# Operators and workers can wait for Redis longer than the read path can
+# (runtime.READ_PATH_REDIS_TIMEOUT_S), but never forever.
 OPS_SOCKET_TIMEOUT_S = 2.0
+
+_DELETE_IF_VALUE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('DEL', KEYS[1])
+end
+return 0
+"""
 
 
 @functools.lru_cache(maxsize=16)
@@ -32,3 +38,14 @@ def as_text(value: object) -> str | None:
     if isinstance(value, bytes):
         return value.decode("utf-8", "replace")
     return str(value)
+
+
+def delete_if_value(conn: redis.Redis, key: str, value: str) -> bool:
+    """Compare-and-delete in one step: release a lock or lease, or clear a record, only
+    while it still holds what this process put or read there."""
+    return bool(conn.eval(_DELETE_IF_VALUE, 1, key, value))
+
+
+def with_database(url: str, database: int) -> str:
+    """``url`` pointing at another database of the same Redis server."""
+    return urlunsplit(urlsplit(url)._replace(path=f"/{database}"))

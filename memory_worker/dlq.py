@@ -39,7 +39,7 @@ from typing import Any
 
 import redis
 
-from memory_worker.connections import as_text
+from memory_worker.connections import as_text, delete_if_value
 from memory_worker.errors import StateUnavailable
 from memory_worker.keys import Keys
 from memory_worker.logs import log_event
@@ -215,11 +215,6 @@ if removed > 0 and ARGV[2] == 'tail' then redis.call('RPUSH', KEYS[2], ARGV[1]) 
 return removed
 """
 
-_RELEASE = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
-return 0
-"""
-
 
 def replay(conn: redis.Redis, keys: Keys, publish: Callable[[DeadLetter], object], *,
            lock_seconds: float = REPLAY_LOCK_SECONDS) -> ReplayReport:
@@ -239,7 +234,7 @@ def replay(conn: redis.Redis, keys: Keys, publish: Callable[[DeadLetter], object
             conn.eval(_RECOVER, 2, keys.dlq, side)
             report = _replay_entries(conn, keys, publish, token, lock_ms, int(conn.llen(keys.dlq)))
         finally:
-            conn.eval(_RELEASE, 1, lock, token)
+            delete_if_value(conn, lock, token)
     except redis.RedisError as exc:
         raise _unavailable(exc) from exc
     log_event(log, "memory_dlq_replayed", logging.WARNING if report.error else logging.INFO,

@@ -21,7 +21,7 @@ from typing import Any
 
 import redis
 
-from memory_worker.connections import as_text
+from memory_worker.connections import as_text, delete_if_value
 from memory_worker.keys import Keys
 from memory_worker.logs import log_event
 
@@ -161,17 +161,9 @@ def clear(conn: redis.Redis, keys: Keys, *, base: Mode, now: float, grace_second
     return removed
 
 
-_CLEAR_IF_SAME = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then
-  return redis.call('DEL', KEYS[1])
-end
-return 0
-"""
-
-
 def clear_if_same(conn: redis.Redis, keys: Keys, raw: str, *, base: Mode, reason: str) -> bool:
     """Compare-and-delete: clear only the record that was evaluated, not a newer one."""
-    deleted = bool(conn.eval(_CLEAR_IF_SAME, 1, keys.forced, raw))
+    deleted = delete_if_value(conn, keys.forced, raw)
     if deleted:
         log_event(log, "memory_mode_restored", mode=base.value, reason=reason)
     return deleted

@@ -24,7 +24,7 @@ import redis
 from memory_worker import metrics
 from memory_worker.clock import Clock
 from memory_worker.config import Settings
-from memory_worker.connections import as_text
+from memory_worker.connections import as_text, delete_if_value
 from memory_worker.guard import Guard
 from memory_worker.keys import Keys
 from memory_worker.logs import log_event
@@ -47,13 +47,6 @@ _REPLACE_IF_SAME = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then
   redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
   return 1
-end
-return 0
-"""
-
-_RELEASE = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then
-  return redis.call('DEL', KEYS[1])
 end
 return 0
 """
@@ -99,7 +92,7 @@ class Prober:
                 return ProbeReport(ProbeResult.SKIPPED, "another process already probed")
             return self._probe(raw, record)
         finally:
-            self._conn.eval(_RELEASE, 1, self._keys.probe_lock, token)
+            delete_if_value(self._conn, self._keys.probe_lock, token)
 
     def _due(self) -> tuple[str | None, ForcedRecord | None]:
         now = self._clock()

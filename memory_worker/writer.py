@@ -35,6 +35,7 @@ from memory_worker import metrics
 from memory_worker.breaker import Breaker
 from memory_worker.clock import Clock
 from memory_worker.config import Settings
+from memory_worker.connections import delete_if_value
 from memory_worker.keys import Keys
 from memory_worker.logs import log_event
 from memory_worker.messages import Payload, batches, zep_messages
@@ -48,13 +49,6 @@ RATE_LIMIT_JITTER_S = 1.0
 DONE_MARKER_TTL_S = 30 * 24 * 3600  # longer than any redelivery can arrive
 _BREAKER_FAILURES = {Reason.TIMEOUT, Reason.SERVER_ERROR, Reason.CONNECTION_ERROR}
 _RETRIED = _BREAKER_FAILURES | {Reason.AUTH, Reason.RATE_LIMITED}
-
-_RELEASE = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then
-  return redis.call('DEL', KEYS[1])
-end
-return 0
-"""
 
 
 @dataclass(frozen=True)
@@ -96,7 +90,6 @@ class Writer:
         self._keys = keys or Keys(settings.key_prefix)
         self._breaker = breaker or Breaker(conn, self._keys, clock=clock)
         self._rand = rand
-        self._release = conn.register_script(_RELEASE)
 
     def deliver(self, payload: Payload, failures: int = 0) -> Verdict:
         """One attempt; ``failures`` is how many earlier attempts failed."""
@@ -111,7 +104,7 @@ class Writer:
         try:
             return self._attempt(payload, failures)
         finally:
-            self._release(keys=[lease_key], args=[token])
+            delete_if_value(self._conn, lease_key, token)
 
     def _lease_ms(self) -> int:
         """Long enough for one attempt (a session call and a few batches at the write budget).

@@ -23,11 +23,11 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 import redis
 
+from memory_worker.connections import with_database
 from memory_worker.observation import Samples, scrape
 from memory_worker.zep_sim.process import spawn
 
@@ -61,8 +61,7 @@ def demo_redis_url() -> str:
     explicit = os.environ.get("MEMORY_DEMO_REDIS_URL")
     if explicit:
         return explicit
-    parts = urlsplit(os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0"))
-    return urlunsplit(parts._replace(path="/9"))
+    return with_database(os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0"), 9)
 
 
 class Demo:

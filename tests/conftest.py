@@ -11,12 +11,12 @@ import dataclasses
 import os
 from collections.abc import Iterator
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import pytest
 import redis
 
 from memory_worker.config import Settings
+from memory_worker.connections import with_database
 from memory_worker.keys import Keys
 
 
@@ -24,8 +24,7 @@ def _test_redis_url() -> str:
     explicit = os.environ.get("MEMORY_TEST_REDIS_URL")
     if explicit:
         return explicit
-    parts = urlsplit(os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0"))
-    return urlunsplit(parts._replace(path="/15"))
+    return with_database(os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0"), 15)
 
 
 class FakeClock:

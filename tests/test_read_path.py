@@ -16,7 +16,7 @@ from memory_worker.config import Settings
 from memory_worker.errors import InvalidRequest
 from memory_worker.keys import Keys
 from memory_worker.runtime import Runtime
-from memory_worker.zep import ZepClient
+from memory_worker.zep import Written, ZepClient
 from memory_worker.zep_sim import Fault, ZepSimulator
 from tests.conftest import FakeClock
 
@@ -43,7 +43,7 @@ def seed_thread(sim: ZepSimulator, thread_id: str, count: int) -> None:
          "role_type": roles[i % 2], "content": f"message {i}", "metadata": None}
         for i in range(count)
     ]
-    assert client.add_messages(thread_id, messages).__class__.__name__ == "Written"  # type: ignore[arg-type]
+    assert isinstance(client.add_messages(thread_id, messages), Written)  # type: ignore[arg-type]
     client.close()
 
 
