@@ -93,7 +93,9 @@ def test_every_panel_returns_data_after_real_traffic(stack: Demo, tmp_path: Path
             time.sleep(0.2)
         assert stack.status()["dlq_size"] >= 1
         httpx.delete(f"{stack.sim_url}/_sim/faults/{fault['id']}", timeout=5)
-        time.sleep(3)  # two more scrapes and rule evaluations
+        prometheus.wait_for("a scrape that saw the dead letter", lambda: any(
+            float(r["value"][1]) >= 1
+            for r in prometheus.query("max(memory_write_dlq_size)")["data"]["result"]))
 
         empty: dict[str, Any] = {}
         for title, expr in panel_queries():
@@ -107,8 +109,6 @@ def test_every_panel_returns_data_after_real_traffic(stack: Demo, tmp_path: Path
                   for name, expr in alert_rules(ALERTS.read_text(encoding="utf-8")).items()
                   if prometheus.query(expr)["status"] != "success"}
         assert failed == {}
-        dlq_series = prometheus.query("max(memory_write_dlq_size)")["data"]["result"]
-        assert float(dlq_series[0]["value"][1]) >= 1
     finally:
         process.terminate()
         process.wait(timeout=10)
