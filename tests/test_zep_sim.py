@@ -23,6 +23,7 @@ from memory_worker.zep_sim import (
     Fault,
     ZepSimulator,
 )
+from memory_worker.zep_sim.faults import FaultBook
 
 KEY = "test-key"
 
@@ -341,6 +342,29 @@ def test_the_control_api_refuses_a_malformed_fault(raw: httpx.Client) -> None:
     assert raw.post("/_sim/faults", json={"stauts": 500}).status_code == 400
     assert raw.post("/_sim/faults", json={"status": "500"}).status_code == 400
     assert raw.post("/_sim/faults", json={"times": 0}).status_code == 400
+    assert raw.post("/_sim/faults", json={"probability": 0}).status_code == 400
+    assert raw.post("/_sim/faults", json={"probability": 1.5}).status_code == 400
+    assert raw.post("/_sim/faults", json={"probability": True}).status_code == 400
+
+
+def test_chance_rules_compose_in_order_into_the_shares_they_promise() -> None:
+    """5 %, then 5/95, then 20/90 of what is left: 5 %, 5 % and 20 % of all requests."""
+    book = FaultBook(seed=7)
+    book.add(Fault(status=501, probability=0.05))
+    book.add(Fault(status=502, probability=0.05 / 0.95))
+    book.add(Fault(status=503, probability=0.20 / 0.90))
+    book.add(Fault(status=429, times=10))
+    total = 20_000
+    taken = [book.take("POST", "/api/v2/sessions/t/memory") for _ in range(total)]
+    counts = {status: sum(1 for f in taken if f is not None and f.status == status)
+              for status in (501, 502, 503, 429)}
+    # Binomial standard deviations: ~31 for 5 %, ~57 for 20 %; 5 sigma either side.
+    assert abs(counts[501] - 1000) < 155
+    assert abs(counts[502] - 1000) < 155
+    assert abs(counts[503] - 4000) < 285
+    # The counted rule is used up only by the requests the chance rules passed over.
+    assert counts[429] == 10
+    assert sum(1 for f in taken if f is None) == total - sum(counts.values())
 
 
 def test_the_control_api_seeds_memory_and_shows_stored_messages(

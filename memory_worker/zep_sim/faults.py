@@ -3,7 +3,11 @@
 A rule matches requests by method and a glob of the path (``fnmatch``, where
 ``*`` also crosses ``/``; the query string is not part of the path). A matched
 rule is used up one request at a time when it has ``times``, or stays until it
-is cleared. The first live rule, in the order they were added, wins.
+is cleared. A rule with a ``probability`` below 1 applies to each matching
+request with that chance (a request it passes over goes on to the next rule,
+and only applied requests use up ``times``): three rules of 5 %, 5/95 and
+20/90 give 5 %, 5 % and 20 % of all requests. The first live rule that
+applies, in the order they were added, wins.
 
 What a rule does, in the order the server applies it:
 
@@ -29,6 +33,7 @@ from __future__ import annotations
 
 import fnmatch
 import itertools
+import random
 import threading
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
@@ -36,7 +41,7 @@ from typing import Any
 
 _FIELDS = (
     "method", "path", "times", "status", "body", "raw_body", "headers", "latency_ms",
-    "drop", "reset", "trickle_bytes", "trickle_interval_ms", "process_first",
+    "drop", "reset", "trickle_bytes", "trickle_interval_ms", "process_first", "probability",
 )
 
 
@@ -57,6 +62,7 @@ class Fault:
     trickle_bytes: int = 0
     trickle_interval_ms: float = 0.0
     process_first: bool = False
+    probability: float = 1.0
 
     def __post_init__(self) -> None:
         if self.times is not None and self.times < 1:
@@ -65,6 +71,8 @@ class Fault:
             raise ValueError(f"status must be an HTTP status, got {self.status}")
         if self.latency_ms < 0 or self.trickle_interval_ms < 0 or self.trickle_bytes < 0:
             raise ValueError("latency_ms, trickle_bytes and trickle_interval_ms must be >= 0")
+        if not 0.0 < self.probability <= 1.0:
+            raise ValueError(f"probability must be in (0, 1], got {self.probability}")
         if self.body is not None and self.raw_body is not None:
             raise ValueError("give body (JSON) or raw_body (text), not both")
 
@@ -84,7 +92,7 @@ class Fault:
         _expect(values, ("method", "path"), str)
         _expect(values, ("raw_body",), str)
         _expect(values, ("times", "status", "trickle_bytes"), int)
-        _expect(values, ("latency_ms", "trickle_interval_ms"), int | float)
+        _expect(values, ("latency_ms", "trickle_interval_ms", "probability"), int | float)
         _expect(values, ("drop", "reset", "process_first"), bool)
         return cls(**values)
 
@@ -120,10 +128,11 @@ class _Rule:
 class FaultBook:
     """The live fault rules, shared by every handler thread."""
 
-    def __init__(self) -> None:
+    def __init__(self, seed: int | None = None) -> None:
         self._lock = threading.Lock()
         self._rules: list[_Rule] = []
         self._ids = itertools.count(1)
+        self._random = random.Random(seed)
 
     def add(self, fault: Fault) -> int:
         with self._lock:
@@ -136,6 +145,10 @@ class FaultBook:
         with self._lock:
             for rule in self._rules:
                 if rule.fault.matches(method, path):
+                    if rule.fault.probability < 1.0 and (
+                        self._random.random() >= rule.fault.probability
+                    ):
+                        continue
                     if rule.remaining is not None:
                         rule.remaining -= 1
                         if rule.remaining <= 0:
