@@ -10,6 +10,7 @@ import click
 from cli.common import OperationalError, Ops, operation
 from memory_worker import dlq
 from memory_worker.enqueue import Publisher
+from memory_worker.ledger import Ledger
 from memory_worker.messages import message_uuid
 from memory_worker.runtime import send_mirror
 
@@ -54,10 +55,12 @@ def dlq_list(ops: Ops, as_json: bool, limit: int | None) -> None:
 def dlq_replay(ops: Ops) -> None:
     """Republish every entry (bypassing the duplicate check), removing each once published."""
     publisher = _publisher(ops)
+    ledger = Ledger(ops.conn, ops.keys, ops.settings.redeliver_after_seconds)
 
     def publish(entry: dlq.DeadLetter) -> None:
-        publisher.publish({"task_id": message_uuid(entry.client_msg_id),
-                           "payload": entry.payload})
+        record = {"task_id": message_uuid(entry.client_msg_id), "payload": entry.payload}
+        ledger.record(entry.client_msg_id, record, ops.now())  # on its way again
+        publisher.publish(record)
 
     report = dlq.replay(ops.conn, ops.keys, publish)
     if report.busy:

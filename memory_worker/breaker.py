@@ -6,10 +6,13 @@ after which it is *half-open*: one trial call is admitted across all workers.
 
 The numbers (``BreakerPolicy``, every one a parameter):
 
-* **5 consecutive failures** open the circuit. A write call has a 1.5 s
-  budget, so five failures in a row is a Zep that is down, not a blip, and
-  the circuit opens within seconds of an outage instead of letting every
-  worker burn its budget against it.
+* **5 consecutive failures over at least 1 s** open the circuit. A write
+  call has a 1.5 s budget, so five failures in a row that long is a Zep that
+  is down, not a blip, and the circuit opens within seconds of an outage
+  instead of letting every worker burn its budget against it. The second
+  keeps a busy deployment's circuit shut on a Zep that fails a share of its
+  calls: at 100 calls a second and 30 % failures, five failures in a row
+  come every few seconds, a second of nothing but failures never.
 * **A failure rate of 50 % over at least 20 calls in 30 s** opens it too. This
   catches a flapping Zep whose odd success keeps breaking the run; the floor
   of 20 calls keeps a quiet deployment from opening on two failures out of
@@ -20,6 +23,13 @@ The numbers (``BreakerPolicy``, every one a parameter):
 * **A trial lease of 15 s**: one write attempt (a session call and a few
   batches at 1.5 s each) fits twice over, and a trial whose worker died stops
   blocking the circuit after that.
+* **Three failed trials in a row reopen it**; a failed trial short of that
+  frees the lease at once, so the next write is the next trial. The first
+  successful trial closes the circuit. One trial alone would judge a Zep that
+  fails a third of its calls (degraded, but storing two writes in three) as
+  down about one time in three, and each such verdict doubles the stall of
+  every write; three failures in a row are a 1-in-37 chance there, and what a
+  Zep that is really down gives within seconds.
 
 Only timeouts, 5xx and connection errors are failures (``record_failure``);
 any other answer from Zep, 4xx, 429 and auth included, shows that Zep is up
@@ -76,21 +86,27 @@ class BreakerPolicy:
     """When the circuit opens and for how long; the module docstring says why these."""
 
     failure_threshold: int = 5
+    failure_run_seconds: float = 1.0
     failure_rate: float = 0.5
     min_calls: int = 20
     window_seconds: float = 30.0
     open_seconds: float = 30.0
     max_open_seconds: float = 300.0
     trial_lease_seconds: float = 15.0
+    trial_failures_to_reopen: int = 3
     buckets: int = 10
 
     def __post_init__(self) -> None:
-        if self.failure_threshold < 1 or self.min_calls < 1 or self.buckets < 1:
-            raise ValueError("failure_threshold, min_calls and buckets must be at least 1")
+        if min(self.failure_threshold, self.min_calls, self.buckets,
+               self.trial_failures_to_reopen) < 1:
+            raise ValueError("failure_threshold, min_calls, buckets and "
+                             "trial_failures_to_reopen must be at least 1")
         if not 0 < self.failure_rate <= 1:
             raise ValueError("failure_rate must be in (0, 1]")
         if min(self.window_seconds, self.open_seconds, self.trial_lease_seconds) <= 0:
             raise ValueError("durations must be positive")
+        if self.failure_run_seconds < 0:
+            raise ValueError("failure_run_seconds must not be negative")
         if self.max_open_seconds < self.open_seconds:
             raise ValueError("max_open_seconds must not be below open_seconds")
 
@@ -178,23 +194,31 @@ return {0}
 """
 
 # ARGV: now, trial (1|0), window bucket width, buckets, idle expiry ms,
-#       failure threshold, failure rate, min calls, open seconds, max open seconds
-# Returns {0} or {1, reason, reopen_at, open_seconds, consecutive, calls, failures}
-# when this call opened the circuit.
+#       failure threshold, failure rate, min calls, open seconds, max open seconds,
+#       failed trials that reopen, seconds a run of failures must last
+# Returns {0}; {2} for a failed trial that freed the lease for the next one; or
+# {1, reason, reopen_at, open_seconds, consecutive, calls, failures} when this
+# call opened the circuit.
 _FAILURE = _LUA_HELPERS + """
 local now = tonumber(ARGV[1])
 local h = redis.call('HMGET', KEYS[1], 'state', 'reopen_at', 'open_seconds')
 if h[1] == 'open' then
   if ARGV[2] ~= '1' or now < (tonumber(h[2]) or 0) then return {0} end
+  if redis.call('HINCRBY', KEYS[1], 'trial_failures', 1) < tonumber(ARGV[11]) then
+    redis.call('HSET', KEYS[1], 'trial_until', '0')
+    return {2}
+  end
   local base = tonumber(ARGV[9])
   local seconds = math.min(tonumber(ARGV[10]), math.max(base, (tonumber(h[3]) or base) * 2))
   open(KEYS[1], now, seconds, 'trial_failed')
   return {1, 'trial_failed', fmt(now + seconds), fmt(seconds), 0, 0, 0}
 end
 local consecutive = redis.call('HINCRBY', KEYS[1], 'consecutive', 1)
+if consecutive == 1 then redis.call('HSET', KEYS[1], 'run_started', fmt(now)) end
+local run_started = tonumber(redis.call('HGET', KEYS[1], 'run_started')) or now
 local calls, fails = count(KEYS[1], now, tonumber(ARGV[3]), tonumber(ARGV[4]), true)
 local reason = nil
-if consecutive >= tonumber(ARGV[6]) then
+if consecutive >= tonumber(ARGV[6]) and now - run_started >= tonumber(ARGV[12]) then
   reason = 'consecutive_failures'
 elseif calls >= tonumber(ARGV[8]) and fails >= tonumber(ARGV[7]) * calls then
   reason = 'failure_rate'
@@ -255,13 +279,22 @@ class Breaker:
         return True
 
     def record_failure(self, trial: bool = False) -> bool:
-        """A timeout, 5xx or connection error. True when this call opened the circuit."""
+        """A timeout, 5xx or connection error. True when this call opened the circuit.
+
+        A failed trial that does not reopen the circuit frees the trial lease:
+        the next write to ask is admitted as the next trial.
+        """
         p = self._policy
         reply = self._run(self._failure, [
             self._clock(), int(trial), *self._window_args(),
             p.failure_threshold, repr(p.failure_rate), p.min_calls,
-            repr(p.open_seconds), repr(p.max_open_seconds),
+            repr(p.open_seconds), repr(p.max_open_seconds), p.trial_failures_to_reopen,
+            repr(p.failure_run_seconds),
         ])
+        if int(reply[0]) == 2:
+            log_event(log, "memory_circuit_trial_failed", trial_failures_to_reopen=(
+                p.trial_failures_to_reopen))
+            return False
         if int(reply[0]) != 1:
             return False
         metrics.safe_inc(metrics.circuit_breaker_opens)

@@ -23,19 +23,29 @@ WRITE_QUEUE = "memory_writes"
 CONTROL_QUEUE = "memory_control"
 MIRROR_TASK = "memory.mirror_message"
 PROBE_TASK = "memory.probe_recovery"
+SWEEP_TASK = "memory.sweep_pending"
 
 # The longest a write waits between two attempts (SPEC §6: backoff capped at
 # 300 s; a 429's Retry-After is capped at 300 s too) plus its jitter.
 LONGEST_RETRY_COUNTDOWN_S = 330
-# A task that is not acknowledged within the visibility timeout is handed to
+# A task that is not acknowledged within the visibility timeout
+# (MEMORY_BROKER_VISIBILITY_TIMEOUT_SECONDS, default 3600 s) is handed to
 # another worker by the Redis transport. Retries are scheduled with an ETA and
-# held unacknowledged by the worker until then, so the timeout must exceed the
-# longest countdown by a wide margin, or a waiting retry would run twice.
-VISIBILITY_TIMEOUT_S = 3600
+# held unacknowledged by the worker until then, so by default the timeout
+# exceeds the longest countdown by a wide margin and a waiting retry never runs
+# twice. It is also how long the tasks a worker held come back after that
+# worker was killed with -9 or lost a broker that restarted: a shorter timeout
+# recovers them sooner, and a retry that waits longer than it runs twice (the
+# done-marker and the derived uuid still store it once).
 # One attempt: session creation plus up to four chunk batches at the write
 # budget each; the soft limit lets the task record its state before the kill.
 TASK_SOFT_TIME_LIMIT_S = 50
 TASK_TIME_LIMIT_S = 60
+
+
+def sweep_interval_seconds(settings: Settings) -> float:
+    """How often the delivery ledger is swept: a quarter of its slack, 1 to 60 s."""
+    return min(60.0, max(1.0, settings.redeliver_after_seconds / 4))
 
 
 def celery_config(settings: Settings) -> dict[str, Any]:
@@ -48,7 +58,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         # Workers reconnect forever: a broker restart must not end them.
         "broker_connection_max_retries": None,
         "broker_transport_options": {
-            "visibility_timeout": VISIBILITY_TIMEOUT_S,
+            "visibility_timeout": settings.broker_visibility_timeout_seconds,
             "socket_timeout": 5.0,
             "socket_connect_timeout": 1.0,
             "health_check_interval": 25,
@@ -75,6 +85,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "task_routes": {
             MIRROR_TASK: {"queue": WRITE_QUEUE, "routing_key": WRITE_QUEUE},
             PROBE_TASK: {"queue": CONTROL_QUEUE, "routing_key": CONTROL_QUEUE},
+            SWEEP_TASK: {"queue": CONTROL_QUEUE, "routing_key": CONTROL_QUEUE},
         },
         "beat_schedule": {
             "memory-probe-recovery": {
@@ -83,6 +94,12 @@ def celery_config(settings: Settings) -> dict[str, Any]:
                 # A probe that could not run in its interval is worthless later.
                 "options": {"queue": CONTROL_QUEUE,
                             "expires": float(settings.probe_interval_seconds)},
+            },
+            "memory-sweep-pending": {
+                "task": SWEEP_TASK,
+                "schedule": timedelta(seconds=sweep_interval_seconds(settings)),
+                "options": {"queue": CONTROL_QUEUE,
+                            "expires": sweep_interval_seconds(settings)},
             },
         },
         "worker_send_task_events": True,
@@ -126,7 +143,7 @@ def sender(settings: Settings) -> Callable[[str, dict[str, Any]], None]:
     return send
 
 
-app = Celery("memory_worker", include=["tasks.probe", "tasks.mirror"])
+app = Celery("memory_worker", include=["tasks.probe", "tasks.mirror", "tasks.sweep"])
 app.add_defaults(_configuration)
 
 # Pool processes clear and mark their metric files (prometheus_client multiprocess mode).

@@ -107,6 +107,8 @@ class Settings:
     redact_address: bool = False
     max_content_chars: int = 100_000
     write_max_retries: int = 12
+    broker_visibility_timeout_seconds: int = 3600
+    redeliver_after_seconds: int = 600
     redis_url: str = "redis://127.0.0.1:6379/0"
     celery_broker_url: str | None = None
     key_prefix: str = "mem:"
@@ -201,6 +203,8 @@ _VARIABLES: dict[str, tuple[str, Callable[[str], Any]]] = {
     "MEMORY_REDACT_ADDRESS": ("redact_address", _boolean),
     "MEMORY_MAX_CONTENT_CHARS": ("max_content_chars", _integer(1)),
     "MEMORY_WRITE_MAX_RETRIES": ("write_max_retries", _integer(0)),
+    "MEMORY_BROKER_VISIBILITY_TIMEOUT_SECONDS": ("broker_visibility_timeout_seconds", _integer(1)),
+    "MEMORY_REDELIVER_AFTER_SECONDS": ("redeliver_after_seconds", _integer(1)),
     "REDIS_URL": ("redis_url", _url(*_REDIS_SCHEMES)),
     "CELERY_BROKER_URL": ("celery_broker_url", _url(*_BROKER_SCHEMES)),
     "MEMORY_KEY_PREFIX": ("key_prefix", _text),

@@ -29,6 +29,7 @@ from memory_worker.clock import Clock
 from memory_worker.config import Settings
 from memory_worker.errors import OutboxUnavailable
 from memory_worker.keys import Keys
+from memory_worker.ledger import Ledger
 from memory_worker.logs import log_event
 from memory_worker.messages import Payload, message_uuid, validate
 from memory_worker.modes import base_mode
@@ -63,6 +64,7 @@ class Publisher:
         self._send = send
         self._clock = clock
         self._keys = Keys(settings.key_prefix)
+        self._ledger = Ledger(conn, self._keys, settings.redeliver_after_seconds)
         self._outbox = outbox or Outbox(settings.spool_dir)
         self._redact = Redactor(redact_email=settings.redact_email,
                                 redact_phone=settings.redact_phone,
@@ -97,10 +99,10 @@ class Publisher:
                           client_msg_id=client_msg_id, user_id=user_id,
                           metadata=clean_metadata, enqueued_at=self._clock())
 
-        if not self._first_enqueue(client_msg_id):
+        record = {"task_id": task_id, "payload": payload.to_json()}
+        if not self._first_enqueue(client_msg_id, record):
             metrics.safe_inc(metrics.write_skipped, reason="duplicate")
             return EnqueueResult(task_id=task_id, duplicate=True, redactions=counts)
-        record = {"task_id": task_id, "payload": payload.to_json()}
         if self._publish_or_spool(record):
             return EnqueueResult(task_id=task_id, redactions=counts)
         return EnqueueResult(task_id=task_id, spooled=True, redactions=counts)
@@ -120,10 +122,14 @@ class Publisher:
                 self._spooling = True
         return report
 
-    def _first_enqueue(self, client_msg_id: str) -> bool:
+    def _first_enqueue(self, client_msg_id: str, record: Record) -> bool:
+        """Set the duplicate marker and enter the message in the delivery ledger, at once.
+
+        Without Redis there is neither: the message is published all the same.
+        """
         try:
-            return bool(self._conn.set(self._keys.enqueued(client_msg_id), "1", nx=True,
-                                       ex=ENQUEUED_MARKER_TTL_S))
+            return self._ledger.first_enqueue(client_msg_id, record, self._clock(),
+                                              ENQUEUED_MARKER_TTL_S)
         except redis.RedisError:
             metrics.safe_inc(metrics.redis_errors, op="enqueue")
             return True
@@ -153,9 +159,10 @@ class Publisher:
         return False
 
     def _forget(self, client_msg_id: str) -> None:
-        """Undo the duplicate marker of a message that was neither published nor kept."""
+        """Undo the marker and ledger entry of a message that was neither published nor kept."""
         try:
             self._conn.delete(self._keys.enqueued(client_msg_id))
+            self._ledger.settle(client_msg_id)
         except redis.RedisError:
             metrics.safe_inc(metrics.redis_errors, op="enqueue")
 
@@ -173,6 +180,11 @@ class Publisher:
             time.sleep(DRAIN_INTERVALS_S[min(step, len(DRAIN_INTERVALS_S) - 1)])
             try:
                 report = self.drain()
+                # What arrived during a drain that got through is drained at once: each
+                # round is shorter than the last, so steady traffic cannot keep the
+                # outbox from ever being found empty (and new messages spooling).
+                while self._spooling and report.published and report.error is None:
+                    report = self.drain()
             except Exception as exc:
                 log_event(log, "memory_spool_drain_failed", logging.WARNING,
                           error=type(exc).__name__)

@@ -59,6 +59,13 @@ class Keys:
     def dlq(self) -> str:
         return f"{self.prefix}write:dlq"
 
+    @property
+    def write_pending(self) -> str:
+        return f"{self.prefix}write:pending"
+
+    def write_pending_record(self, client_msg_id: str) -> str:
+        return f"{self.prefix}write:pending:{client_msg_id}"
+
     def write_done(self, client_msg_id: str) -> str:
         return f"{self.prefix}write:done:{client_msg_id}"
 

@@ -67,6 +67,10 @@ context_cache_hits = Counter(
 read_requests = Counter("memory_zep_read_requests", "Context reads sent to Zep, failures included")
 write_requests = Counter("memory_zep_write_requests", "Write attempts sent to Zep")
 write_success = Counter("memory_zep_write_success", "Messages stored in Zep")
+write_republished = Counter(
+    "memory_zep_write_republished",
+    "Messages published again by the ledger sweep: lost in transit or held by a dead worker",
+)
 write_failures = Counter(
     "memory_zep_write_failures", "Failed write attempts, by reason", ["reason"]
 )

@@ -35,6 +35,7 @@ from memory_worker.fallback import LocalGuard
 from memory_worker.guard import SCRIPT as GUARD_SCRIPT
 from memory_worker.guard import Guard
 from memory_worker.keys import Keys
+from memory_worker.ledger import Ledger
 from memory_worker.probe import Prober
 from memory_worker.reader import (
     AFTER_READ,
@@ -87,6 +88,7 @@ class Runtime:
         )
         self._redis_down_until = 0.0
         self._writer: Writer | None = None
+        self._ledger: Ledger | None = None
         self._publisher: Publisher | None = None
 
     @property
@@ -110,6 +112,11 @@ class Runtime:
             self._writer = Writer(self.ops_conn, self.settings, self.zep, clock=self.clock,
                                   keys=self.keys)
         return self._writer
+
+    def ledger(self) -> Ledger:
+        if self._ledger is None:
+            self._ledger = Ledger(self.ops_conn, self.keys, self.settings.redeliver_after_seconds)
+        return self._ledger
 
     @property
     def publisher(self) -> Publisher:

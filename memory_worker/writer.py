@@ -37,6 +37,7 @@ from memory_worker.clock import Clock
 from memory_worker.config import Settings
 from memory_worker.connections import delete_if_value
 from memory_worker.keys import Keys
+from memory_worker.ledger import Ledger
 from memory_worker.logs import log_event
 from memory_worker.messages import Payload, batches, zep_messages
 from memory_worker.zep import Failure, OutgoingMessage, Reason, WriteResult, Written, ZepClient
@@ -89,6 +90,7 @@ class Writer:
         self._clock = clock
         self._keys = keys or Keys(settings.key_prefix)
         self._breaker = breaker or Breaker(conn, self._keys, clock=clock)
+        self._ledger = Ledger(conn, self._keys, settings.redeliver_after_seconds)
         self._rand = rand
 
     def deliver(self, payload: Payload, failures: int = 0) -> Verdict:
@@ -133,10 +135,13 @@ class Writer:
         metrics.safe_inc(metrics.write_failures, reason=_metric_reason(reason))
         if reason in _BREAKER_FAILURES:
             opened = self._breaker.record_failure(admission.trial)
-            if opened or admission.trial:
+            if opened:
                 waiting = self._wait_for_circuit(reason.value, outcome.status_code)
                 if waiting is not None:
                     return waiting
+            elif admission.trial:  # failed, but the circuit waits for more trials: be one soon
+                return Retry(self._rand(0.5, 2.0), reason.value, counts=False,
+                             status_code=outcome.status_code)
         else:
             self._breaker.record_success(admission.trial)  # Zep answered: it is up
         if reason not in _RETRIED:
@@ -202,7 +207,7 @@ class Writer:
         """Mark done. The thread's cached context is left to its TTL on purpose: every chat
         turn writes, so dropping it here would make nearly every read a miss; the app holds
         the last turns itself, and ``memory-worker invalidate`` is there when it matters."""
-        self._conn.set(self._keys.write_done(payload.client_msg_id), "1", ex=DONE_MARKER_TTL_S)
+        self._ledger.settle(payload.client_msg_id, done_marker_ttl_s=DONE_MARKER_TTL_S)
 
 
 def _metric_reason(reason: Reason) -> str:

@@ -9,14 +9,15 @@ becomes a retry, and a dead letter that cannot be stored is retried too.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from typing import Any
 
 import redis
-from celery.exceptions import SoftTimeLimitExceeded
+from celery.exceptions import Reject, SoftTimeLimitExceeded
 
 from memory_worker import dlq
-from memory_worker.celery_app import MIRROR_TASK, WRITE_QUEUE, app
+from memory_worker.celery_app import MIRROR_TASK, app
 from memory_worker.errors import StateUnavailable
 from memory_worker.logs import log_event
 from memory_worker.messages import Payload
@@ -26,7 +27,7 @@ from memory_worker.writer import DeadLetter, Done, Retry, Verdict, backoff
 log = logging.getLogger("memory_worker.tasks.mirror")
 
 
-@app.task(bind=True, name=MIRROR_TASK, queue=WRITE_QUEUE, acks_late=True,  # type: ignore[untyped-decorator]
+@app.task(bind=True, name=MIRROR_TASK, acks_late=True,  # type: ignore[untyped-decorator]
           reject_on_worker_lost=True, max_retries=None, ignore_result=True)
 def mirror_message(self: Any, payload: dict[str, Any], failures: int = 0) -> dict[str, Any]:
     runtime = default_runtime()
@@ -41,11 +42,28 @@ def mirror_message(self: Any, payload: dict[str, Any], failures: int = 0) -> dic
     if isinstance(verdict, Done):
         return {"status": verdict.status}
     next_failures = failures + (1 if verdict.counts else 0)
+    _postpone(runtime, client_msg_id, verdict.countdown)
     log_event(log, "zep_write_retry", logging.WARNING, client_msg_id=client_msg_id,
               reason=verdict.reason, countdown=round(verdict.countdown, 3),
               failures=next_failures)
-    raise self.retry(kwargs={"payload": payload, "failures": next_failures},
-                     countdown=verdict.countdown, max_retries=None)
+    try:
+        raise self.retry(kwargs={"payload": payload, "failures": next_failures},
+                         countdown=verdict.countdown, max_retries=None)
+    except Reject as exc:
+        # Celery rejects *without* requeue when it cannot publish the retry (the
+        # broker went away mid-task), which would drop the message. Requeue it
+        # instead; should the broker not take even that, the message stays
+        # unacknowledged and comes back after the visibility timeout.
+        log_event(log, "zep_write_retry_unpublished", logging.WARNING,
+                  client_msg_id=client_msg_id, error=type(exc.reason).__name__)
+        raise Reject(exc.reason, requeue=True) from None
+
+
+def _postpone(runtime: Runtime, client_msg_id: str, countdown: float) -> None:
+    """Tell the delivery ledger when to expect the next attempt (best effort: a missed
+    update at worst lets the sweep publish a harmless second copy)."""
+    with contextlib.suppress(redis.RedisError):
+        runtime.ledger().postpone(client_msg_id, runtime.clock(), countdown)
 
 
 def _attempt(runtime: Runtime, payload: Any, failures: int) -> Verdict:
@@ -75,5 +93,7 @@ def _dead_letter(runtime: Runtime, payload: Any, failures: int, verdict: DeadLet
         attempts=failures + 1, failed_at=runtime.clock(),
     )
     dlq.push(runtime.ops_conn, runtime.keys, entry)
+    with contextlib.suppress(redis.RedisError):  # the DLQ holds it now; a missed update
+        runtime.ledger().settle(entry.client_msg_id)  # at worst dead-letters a second copy
     log_event(log, "zep_write_dead_lettered", logging.ERROR, client_msg_id=entry.client_msg_id,
               reason=verdict.reason, status_code=verdict.status_code, attempts=failures + 1)

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from memory_worker.celery_app import CONTROL_QUEUE, PROBE_TASK, app
+from memory_worker.celery_app import PROBE_TASK, app
 from memory_worker.runtime import default_runtime
 
 
-@app.task(name=PROBE_TASK, queue=CONTROL_QUEUE, ignore_result=True, acks_late=False)  # type: ignore[untyped-decorator]
+@app.task(name=PROBE_TASK, ignore_result=True, acks_late=False)  # type: ignore[untyped-decorator]
 def probe_recovery() -> dict[str, Any]:
     """Run the probe once; a lost probe needs no redelivery, the next interval brings one."""
     report = default_runtime().prober().run()

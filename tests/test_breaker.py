@@ -32,23 +32,54 @@ def breaker(conn: redis.Redis, keys: Keys, clock: FakeClock) -> Breaker:
     return Breaker(conn, keys, clock=clock)
 
 
-def _open(breaker: Breaker) -> None:
-    for _ in range(breaker.policy.failure_threshold):
+def _open(breaker: Breaker, clock: FakeClock) -> None:
+    """A run of failures as long as the policy asks for, in count and in time."""
+    for _ in range(breaker.policy.failure_threshold - 1):
         breaker.record_failure()
+    clock.advance(breaker.policy.failure_run_seconds)
+    breaker.record_failure()
     assert breaker.state() is CircuitState.OPEN
+
+
+def _fail_trials(breaker: Breaker) -> bool:
+    """Fail trials until the circuit reopens; what the last ``record_failure`` said."""
+    for n in range(breaker.policy.trial_failures_to_reopen):
+        assert breaker.allow().trial
+        reopened = breaker.record_failure(trial=True)
+        assert reopened is (n == breaker.policy.trial_failures_to_reopen - 1)
+    return reopened
 
 
 def test_five_consecutive_failures_open_the_circuit(
     breaker: Breaker, conn: redis.Redis, keys: Keys, clock: FakeClock
 ) -> None:
-    """Four failures leave it closed; the fifth opens it, and only the fifth says so."""
+    """Four failures leave it closed; a fifth a second after the first opens it, and says so."""
     assert [breaker.record_failure() for _ in range(4)] == [False] * 4
     assert breaker.state() is CircuitState.CLOSED
 
+    clock.advance(1.0)
     assert breaker.record_failure() is True
 
     assert circuit_state(conn, keys, now=clock()) is CircuitState.OPEN
     assert conn.hget(keys.write_circuit, "reason") == "consecutive_failures"
+
+
+def test_a_burst_of_failures_shorter_than_a_second_does_not_open_the_circuit(
+    breaker: Breaker, clock: FakeClock
+) -> None:
+    """A busy worker pool meets five failures in a row within milliseconds on a flaky Zep."""
+    for _ in range(12):
+        assert breaker.record_failure() is False
+        clock.advance(0.05)
+    assert breaker.state() is CircuitState.CLOSED
+    # A success ends the run; the next run is timed from its own first failure.
+    breaker.record_success()
+    for _ in range(5):
+        assert breaker.record_failure() is False
+    clock.advance(0.99)
+    assert breaker.record_failure() is False
+    clock.advance(0.01)
+    assert breaker.record_failure() is True
 
 
 def test_a_success_breaks_the_run_of_failures(breaker: Breaker) -> None:
@@ -108,7 +139,7 @@ def test_an_open_circuit_admits_nothing_until_reopen_at(
     breaker: Breaker, clock: FakeClock
 ) -> None:
     """Every caller is told no, and when to come back: the moment it half-opens."""
-    _open(breaker)
+    _open(breaker, clock)
     reopen_at = clock() + 30
 
     for _ in range(3):
@@ -127,7 +158,7 @@ def test_half_open_admits_one_trial_and_turns_the_others_away_until_its_lease_en
     breaker: Breaker, clock: FakeClock
 ) -> None:
     """The first caller gets the trial; the rest are told to come back at the lease's end."""
-    _open(breaker)
+    _open(breaker, clock)
     clock.advance(30)
 
     first = breaker.allow()
@@ -143,7 +174,7 @@ def test_a_successful_trial_closes_the_circuit_and_resets_its_counters(
     breaker: Breaker, clock: FakeClock, caplog: pytest.LogCaptureFixture
 ) -> None:
     """After the trial succeeds, it takes five new failures to open it again."""
-    _open(breaker)
+    _open(breaker, clock)
     clock.advance(30)
     assert breaker.allow().trial
 
@@ -154,35 +185,81 @@ def test_a_successful_trial_closes_the_circuit_and_resets_its_counters(
     assert breaker.allow().allowed
     closed = [r for r in caplog.records if r.getMessage() == "memory_circuit_closed"]
     assert len(closed) == 1
-    assert [breaker.record_failure() for _ in range(5)] == [False] * 4 + [True]
+    assert [breaker.record_failure() for _ in range(4)] == [False] * 4
+    clock.advance(1.0)
+    assert breaker.record_failure() is True
 
 
 def test_a_failed_trial_reopens_for_twice_as_long_up_to_the_cap(
     breaker: Breaker, conn: redis.Redis, keys: Keys, clock: FakeClock
 ) -> None:
     """30 s, then 60, 120, 240, and never more than 300 s; a success resets it to 30."""
-    _open(breaker)
+    _open(breaker, clock)
     holds = []
     for _ in range(6):
         reopen_at = float(conn.hget(keys.write_circuit, "reopen_at") or 0)
         holds.append(round(reopen_at - clock()))
         clock.now = reopen_at
-        assert breaker.allow().trial
-        assert breaker.record_failure(trial=True) is True
+        assert _fail_trials(breaker) is True
     assert holds == [30, 60, 120, 240, 300, 300]
     assert conn.hget(keys.write_circuit, "reason") == "trial_failed"
 
     clock.now = float(conn.hget(keys.write_circuit, "reopen_at") or 0)
     assert breaker.allow().trial and breaker.record_success(trial=True)
-    _open(breaker)
+    _open(breaker, clock)
     assert breaker.allow().retry_at == clock() + 30
+
+
+def test_a_failed_trial_short_of_three_hands_the_next_trial_to_the_next_caller(
+    breaker: Breaker, clock: FakeClock
+) -> None:
+    """Two failed trials keep the circuit half-open with the lease free; a success closes it."""
+    _open(breaker, clock)
+    clock.advance(30)
+    assert breaker.allow().trial
+    assert breaker.allow().allowed is False  # one trial at a time
+    assert breaker.record_failure(trial=True) is False
+    assert breaker.state() is CircuitState.HALF_OPEN
+    assert breaker.allow().trial  # at once, not after the 15 s lease
+    assert breaker.record_failure(trial=True) is False
+    assert breaker.allow().trial
+    assert breaker.record_success(trial=True) is True
+    assert breaker.state() is CircuitState.CLOSED
+    # The failed trials of that half-open spell do not carry over to the next one.
+    _open(breaker, clock)
+    clock.advance(30)
+    assert _fail_trials(breaker) is True
+
+
+def test_a_degraded_zep_failing_a_third_of_calls_rarely_reopens_the_circuit(
+    breaker: Breaker, clock: FakeClock
+) -> None:
+    """Over 300 half-open spells at a 1-in-3 trial failure rate, reopening stays near 1 in 27."""
+    import random
+
+    rng = random.Random(3)
+    reopened = 0
+    for _ in range(300):
+        _open(breaker, clock)
+        clock.advance(30)
+        while breaker.state() is CircuitState.HALF_OPEN:
+            assert breaker.allow().trial
+            if rng.random() < 1 / 3:
+                reopened += breaker.record_failure(trial=True)
+            else:
+                breaker.record_success(trial=True)
+        if breaker.state() is CircuitState.OPEN:
+            clock.advance(400)
+            assert breaker.allow().trial and breaker.record_success(trial=True)
+    # Expected 300/27 ≈ 11 (one trial alone: 100); binomial 5 sigma ≈ 16.
+    assert reopened <= 11 + 16
 
 
 def test_a_crashed_trials_lease_expires_so_another_worker_can_try(
     breaker: Breaker, clock: FakeClock
 ) -> None:
     """A trial that never reports back blocks the circuit for its lease, 15 s, no longer."""
-    _open(breaker)
+    _open(breaker, clock)
     clock.advance(30)
     assert breaker.allow().trial  # ...and the worker dies
 
@@ -196,7 +273,7 @@ def test_results_of_calls_admitted_before_the_opening_are_ignored(
     breaker: Breaker, conn: redis.Redis, keys: Keys, clock: FakeClock
 ) -> None:
     """Late non-trial results neither close an open circuit nor push its reopen_at."""
-    _open(breaker)
+    _open(breaker, clock)
     reopen_at = conn.hget(keys.write_circuit, "reopen_at")
 
     assert breaker.record_success() is False
@@ -212,7 +289,7 @@ def test_circuit_state_agrees_with_the_breaker_through_a_whole_cycle(
 ) -> None:
     """What `memory-worker status` reads is what the workers act on."""
     seen = [circuit_state(conn, keys, now=clock())]
-    _open(breaker)
+    _open(breaker, clock)
     seen.append(circuit_state(conn, keys, now=clock()))
     clock.advance(30)
     seen.append(circuit_state(conn, keys, now=clock()))
@@ -231,10 +308,10 @@ def test_the_opens_counter_goes_up_by_exactly_one_per_opening(
     with caplog.at_level(logging.INFO, logger="memory_worker"):
         for _ in range(8):
             breaker.record_failure()
+            clock.advance(0.2)
         assert _opens() == before + 1
         clock.advance(30)
-        breaker.allow()
-        breaker.record_failure(trial=True)
+        _fail_trials(breaker)
 
     assert _opens() == before + 2
     opened = [r for r in caplog.records if r.getMessage() == "memory_circuit_opened"]
@@ -244,9 +321,9 @@ def test_the_opens_counter_goes_up_by_exactly_one_per_opening(
 
 def test_the_policy_numbers_are_parameters(conn: redis.Redis, keys: Keys, clock: FakeClock
                                            ) -> None:
-    """A breaker built with two failures and 10 s opens after two and reopens after 10 s."""
-    breaker = Breaker(conn, keys, clock=clock,
-                      policy=BreakerPolicy(failure_threshold=2, open_seconds=10))
+    """Two failures over no time at all, open 10 s: opens on the second, reopens after 10 s."""
+    breaker = Breaker(conn, keys, clock=clock, policy=BreakerPolicy(
+        failure_threshold=2, failure_run_seconds=0, open_seconds=10))
     breaker.record_failure()
     assert breaker.record_failure() is True
     assert breaker.allow().retry_at == clock() + 10
@@ -288,7 +365,7 @@ def test_half_open_admits_exactly_one_trial_across_eight_racing_processes(
     conn: redis.Redis, redis_url: str, breaker: Breaker, clock: FakeClock, tmp_path: Path
 ) -> None:
     """Eight workers ask at the same instant of a half-open circuit: one trial, seven waits."""
-    _open(breaker)
+    _open(breaker, clock)
     clock.advance(30)
 
     admissions = _race(redis_url, conn, clock(), "allow", tmp_path)
@@ -300,7 +377,9 @@ def test_half_open_admits_exactly_one_trial_across_eight_racing_processes(
 def test_eight_processes_failing_at_once_open_the_circuit_exactly_once(
     conn: redis.Redis, redis_url: str, keys: Keys, clock: FakeClock, tmp_path: Path
 ) -> None:
-    """Eight simultaneous failures cross the threshold of five: one opening, counted once."""
+    """A run began a second ago; eight simultaneous failures cross five: one opening."""
+    Breaker(conn, keys, clock=clock).record_failure()
+    clock.advance(1.0)
     admissions = _race(redis_url, conn, clock(), "fail", tmp_path)
 
     assert sum(a["opened"] for a in admissions) == 1

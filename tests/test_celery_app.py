@@ -31,6 +31,8 @@ def test_visibility_timeout_outlasts_the_longest_retry_countdown() -> None:
     """A retry waiting for its ETA must not be redelivered to another worker meanwhile."""
     conf = celery_config(Settings())
     assert conf["broker_transport_options"]["visibility_timeout"] > 2 * LONGEST_RETRY_COUNTDOWN_S
+    short = celery_config(Settings(broker_visibility_timeout_seconds=45))
+    assert short["broker_transport_options"]["visibility_timeout"] == 45
     assert conf["broker_transport_options"]["socket_timeout"] > 0
 
 

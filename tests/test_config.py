@@ -30,6 +30,8 @@ BAD_VALUES = {
     "MEMORY_REDACT_ADDRESS": "1.0",
     "MEMORY_MAX_CONTENT_CHARS": "1e5",
     "MEMORY_WRITE_MAX_RETRIES": "-1",
+    "MEMORY_BROKER_VISIBILITY_TIMEOUT_SECONDS": "0",
+    "MEMORY_REDELIVER_AFTER_SECONDS": "soon",
     "REDIS_URL": "localhost:6379",
     "CELERY_BROKER_URL": "kafka://broker",
     "MEMORY_KEY_PREFIX": " ",
@@ -52,6 +54,7 @@ def test_defaults_match_the_contract() -> None:
     assert (s.cache_ttl_seconds, s.negative_cache_ttl_seconds, s.recent_lastn) == (30, 3, 12)
     assert (s.redact_email, s.redact_phone, s.redact_address) == (True, True, False)
     assert (s.max_content_chars, s.write_max_retries) == (100_000, 12)
+    assert (s.broker_visibility_timeout_seconds, s.redeliver_after_seconds) == (3600, 600)
     assert s.redis_url == "redis://127.0.0.1:6379/0" and s.broker_url == s.redis_url
     assert (s.key_prefix, s.spool_dir, s.log_format) == ("mem:", "./var/spool", "json")
 

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 import redis
 
+from memory_worker import enqueue
 from memory_worker.config import Settings
 from memory_worker.enqueue import Publisher
 from memory_worker.errors import InvalidMessage, OutboxUnavailable
@@ -27,10 +29,12 @@ class Broker:
     def __init__(self) -> None:
         self.sent: list[tuple[str, dict[str, Any]]] = []
         self.down = False
+        self.round_trip_s = 0.0
 
     def __call__(self, task_id: str, kwargs: dict[str, Any]) -> None:
         if self.down:
             raise ConnectionRefusedError("broker down")
+        time.sleep(self.round_trip_s)
         self.sent.append((task_id, kwargs))
 
 
@@ -158,3 +162,23 @@ def test_broker_and_outbox_both_failing_is_an_error_and_leaves_no_marker(
     with pytest.raises(OutboxUnavailable):
         publisher.enqueue("t", "user", "hello", "m")
     assert conn.exists(keys.enqueued("m")) == 0
+
+
+def test_under_steady_traffic_the_drainer_empties_the_outbox_and_publishing_goes_direct(
+    publisher: Publisher, broker: Broker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A broker back after an outage, messages still arriving every few ms: the drainer
+    catches up instead of leaving every later message to wait in the outbox."""
+    monkeypatch.setattr(enqueue, "DRAIN_INTERVALS_S", (0.2,))
+    broker.down = True
+    assert publisher.enqueue("t", "user", "during the outage", "m-0").spooled
+    broker.down, broker.round_trip_s = False, 0.002
+    results = []
+    for i in range(1, 400):
+        results.append(publisher.enqueue("t", "user", f"message {i}", f"m-{i}"))
+        if not results[-1].spooled:
+            break
+        time.sleep(0.004)
+    assert not results[-1].spooled, "still spooling after 400 messages"
+    assert [kw["payload"]["client_msg_id"] for _, kw in broker.sent] == [
+        f"m-{i}" for i in range(len(results) + 1)]

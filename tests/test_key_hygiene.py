@@ -26,8 +26,9 @@ from tests.conftest import FakeClock
 
 PREFIX = "audit:"
 # Kept on purpose: the dead letters wait for an operator; the breaker's hash expires
-# only once idle (its counters carry their own idle expiry).
-PERSISTENT = {f"{PREFIX}write:dlq", f"{PREFIX}write:circuit:v1"}
+# only once idle (its counters carry their own idle expiry); the delivery ledger's
+# index loses each member when its message is done (its records expire).
+PERSISTENT = {f"{PREFIX}write:dlq", f"{PREFIX}write:circuit:v1", f"{PREFIX}write:pending"}
 
 
 def test_every_key_has_the_prefix_and_every_transient_key_a_ttl(

@@ -200,11 +200,15 @@ def test_with_the_breaker_open_zep_sees_no_write_until_half_open_then_one(
                for v in waiting)
     assert sim.requests() == []
 
-    # Half-open with Zep still down: one trial call, the others keep waiting.
+    # Half-open with Zep still down: one trial at a time; three failed trials in a row
+    # reopen the circuit, and the writes after them keep waiting. No attempt is used up.
     clock.advance(min(v.countdown for v in waiting if isinstance(v, Retry)))
     verdicts = [writer.deliver(payload(cmid=f"w{i}")) for i in range(5)]
-    assert len(sim.requests("POST", MEMORY)) == 1
-    assert [v.reason for v in verdicts if isinstance(v, Retry)].count("circuit_open") == 4
+    trials = breaker.policy.trial_failures_to_reopen
+    assert len(sim.requests("POST", MEMORY)) == trials
+    assert all(isinstance(v, Retry) and not v.counts for v in verdicts)
+    assert [v.reason for v in verdicts if isinstance(v, Retry)].count("circuit_open") == 5 - trials
+    assert breaker.state() is CircuitState.OPEN
 
     # Zep heals: the next trial closes the circuit and the writes flow again.
     sim.clear_faults()
