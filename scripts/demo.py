@@ -65,7 +65,8 @@ def demo_redis_url() -> str:
 
 
 class Demo:
-    def __init__(self) -> None:
+    def __init__(self, api_key: str = KEY) -> None:
+        self.api_key = api_key  # the simulator's and the stack's ZEP_API_KEY
         self.redis_url = demo_redis_url()
         self.conn = redis.Redis.from_url(self.redis_url, decode_responses=True)
         self.started: list[Callable[[], None]] = []
@@ -84,7 +85,7 @@ class Demo:
         (ROOT / "var" / "log").mkdir(parents=True, exist_ok=True)
         self.conn.flushdb()
 
-        sim, self.sim_url = spawn(VAR / "zep-sim.log", KEY)
+        sim, self.sim_url = spawn(VAR / "zep-sim.log", self.api_key)
         self.started.append(lambda: _terminate(sim))
         metrics_port, flower_port, app_port = free_port(), free_port(), free_port()
         self.metrics_url = f"http://127.0.0.1:{metrics_port}/metrics"
@@ -93,7 +94,7 @@ class Demo:
         self.env = {
             **{k: v for k, v in os.environ.items() if not k.startswith(("MEMORY_", "FLAG_ZEP"))},
             "REDIS_URL": self.redis_url, "FLAG_ZEP_WRITE": "true", "FLAG_ZEP_READ": "true",
-            "ZEP_API_URL": self.sim_url, "ZEP_API_KEY": KEY,
+            "ZEP_API_URL": self.sim_url, "ZEP_API_KEY": self.api_key,
             "MEMORY_DOWNGRADE_HOLD_SECONDS": "4", "MEMORY_DOWNGRADE_HOLD_MAX_SECONDS": "60",
             "MEMORY_PROBE_INTERVAL_SECONDS": "1", "MEMORY_LOG_FORMAT": "json",
             "MEMORY_SPOOL_DIR": str(VAR / "spool"),

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -115,3 +117,23 @@ def sim(zep_server: Any) -> Iterator[Any]:
 def read_settings(settings: Settings, sim: Any) -> Settings:
     """Settings pointing at the simulator, with the contract's read defaults."""
     return dataclasses.replace(settings, zep_api_url=sim.url)
+
+
+@pytest.fixture
+def env(redis_url: str, sim: Any, tmp_path: Path) -> dict[str, str]:
+    """The environment of worker subprocesses: writes and reads on, the simulator as Zep."""
+    from tests.processes import project_env
+
+    return project_env(redis_url, FLAG_ZEP_WRITE="true", FLAG_ZEP_READ="true",
+                       ZEP_API_URL=sim.url, ZEP_API_KEY="test-key",
+                       MEMORY_SPOOL_DIR=str(tmp_path / "spool"))
+
+
+@pytest.fixture
+def publisher(env: dict[str, str], conn: redis.Redis) -> Any:
+    """A Publisher sending to the broker of ``env`` (the test Redis)."""
+    from memory_worker.celery_app import sender
+    from memory_worker.enqueue import Publisher
+
+    settings = Settings.from_env(env)
+    return Publisher(settings, conn, sender(settings), clock=time.time)

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
@@ -44,13 +46,106 @@ def celery_process(args: list[str], env: Mapping[str, str], log_path: Path
         try:
             yield proc
         finally:
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-                try:
-                    proc.wait(timeout=20)
-                except subprocess.TimeoutExpired:
-                    os.killpg(proc.pid, signal.SIGKILL)
-                    proc.wait(timeout=10)
+            end_process(proc)
+
+
+def end_process(proc: subprocess.Popen[bytes], timeout: float = 20) -> None:
+    """TERM (a warm shutdown for Celery), then KILL its process group if it does not end."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            _kill_group(proc.pid)
+            proc.wait(timeout=10)
+
+
+class SupervisedWorker:
+    """``celery worker`` in its own process group, started again when it exits on its own.
+
+    Like supervisord's ``autorestart``: a watchdog thread notices an exit the
+    test did not cause, records it in ``exits`` (seconds since ``epoch``, exit
+    code) and starts a new worker. The test may kill the pool processes or the
+    whole group with -9, and ``stop`` it warm.
+    """
+
+    def __init__(self, name: str, concurrency: int, env: Mapping[str, str], log: Path,
+                 *, on_exit: Callable[[int | None], None] | None = None) -> None:
+        self.name, self.concurrency, self.env, self.log = name, concurrency, dict(env), log
+        self.on_exit = on_exit
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.generation = 0
+        self.exits: list[int | None] = []
+        self._lock = threading.Lock()
+        self._stopping = threading.Event()
+        self._watchdog = threading.Thread(target=self._watch, name="worker-watchdog",
+                                          daemon=True)
+
+    def __enter__(self) -> SupervisedWorker:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def start(self) -> None:
+        with self._lock:
+            self._start()
+        if not self._watchdog.is_alive():
+            self._watchdog.start()
+
+    def pool(self) -> list[int]:
+        assert self.proc is not None
+        found = subprocess.run(["pgrep", "-P", str(self.proc.pid)], capture_output=True,
+                               text=True, check=False)
+        return [int(pid) for pid in found.stdout.split()]
+
+    def kill_pool(self) -> int:
+        """kill -9 every pool process; the master forks new ones."""
+        pids = self.pool()
+        for pid in pids:
+            os.kill(pid, signal.SIGKILL)
+        return len(pids)
+
+    def kill_all_and_restart(self) -> None:
+        """kill -9 the master and its pool at once, as a host dies; then start anew."""
+        with self._lock:
+            assert self.proc is not None
+            _kill_group(self.proc.pid)
+            self.proc.wait(timeout=10)
+            self._start()
+
+    def stop(self) -> None:
+        """TERM (warm shutdown), then KILL the group if it does not end in time."""
+        self._stopping.set()
+        with self._lock:
+            if self.proc is not None:
+                end_process(self.proc, timeout=60)
+
+    def _start(self) -> None:
+        self.generation += 1
+        with self.log.open("ab") as out:
+            self.proc = subprocess.Popen(
+                [CELERY, "-A", "memory_worker",
+                 *worker_args(f"{self.name}{self.generation}", self.concurrency)],
+                cwd=ROOT, env=self.env, stdout=out, stderr=subprocess.STDOUT,
+                start_new_session=True)
+
+    def _watch(self) -> None:
+        while not self._stopping.wait(0.5):
+            with self._lock:
+                if self._stopping.is_set() or self.proc is None or self.proc.poll() is None:
+                    continue
+                _kill_group(self.proc.pid)  # pool processes the master left behind
+                self.exits.append(self.proc.returncode)
+                if self.on_exit is not None:
+                    self.on_exit(self.proc.returncode)
+                self._start()
+
+
+def _kill_group(pgid: int) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(pgid, signal.SIGKILL)
 
 
 def worker_args(name: str, concurrency: int = 1) -> list[str]:
@@ -86,7 +181,9 @@ class PrivateRedis:
         self.directory.mkdir(parents=True, exist_ok=True)
         self.proc = subprocess.Popen(
             [exe, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "yes" if self.appendonly else "no", "--dir", str(self.directory)],
+             "--appendonly", "yes" if self.appendonly else "no", "--dir", str(self.directory),
+             # Plain text on disk, so tests can search everything Redis ever stored.
+             "--aof-use-rdb-preamble", "no", "--rdbcompression", "no"],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         import redis
 

@@ -39,19 +39,6 @@ LEAKS = ("deniz.kaya", "example.com.tr", "533 765", "765 43 21")
 
 
 @pytest.fixture
-def env(redis_url: str, sim: ZepSimulator, tmp_path: Path) -> dict[str, str]:
-    return project_env(redis_url, FLAG_ZEP_WRITE="true", FLAG_ZEP_READ="true",
-                       ZEP_API_URL=sim.url, ZEP_API_KEY="test-key",
-                       MEMORY_SPOOL_DIR=str(tmp_path / "spool"))
-
-
-@pytest.fixture
-def publisher(env: dict[str, str], conn: redis.Redis) -> Publisher:
-    settings = Settings.from_env(env)
-    return Publisher(settings, conn, sender(settings), clock=time.time)
-
-
-@pytest.fixture
 def worker_proc(env: dict[str, str], tmp_path: Path, conn: redis.Redis
                 ) -> Iterator[tuple[subprocess.Popen[bytes], Path]]:
     log = tmp_path / "worker.log"
@@ -176,6 +163,8 @@ def test_a_400_is_dead_lettered_at_once_and_replay_delivers_it(
                                 body={"message": "bad request"}))
     publisher.enqueue("t-400", "user", "rejected at first", "dl-1")
     wait_for(lambda: conn.llen(keys.dlq) == 1, 30, "the dead letter")
+    # The DLQ holds it now, not the ledger (settled just after the push).
+    wait_for(lambda: conn.zscore(keys.write_pending, "dl-1") is None, 10, "the ledger to settle")
     entry = json.loads(conn.lindex(keys.dlq, 0) or "")
     assert entry["client_msg_id"] == "dl-1" and entry["status_code"] == 400
     assert entry["attempts"] == 1 and entry["reason"] == "client_error"
@@ -191,6 +180,7 @@ def test_a_400_is_dead_lettered_at_once_and_replay_delivers_it(
     assert "Replayed 1" in replay.stdout
     wait_for(lambda: len(sim.messages("t-400")) == 1, 30, "the replayed write")
     assert conn.llen(keys.dlq) == 0
+    wait_for(lambda: conn.zscore(keys.write_pending, "dl-1") is None, 10, "the ledger to settle")
 
 
 def test_a_6000_character_message_arrives_as_three_chunks_once(
