@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: test demo lint typecheck unit redis bench clean
+.PHONY: test demo lint typecheck unit redis bench soak clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -31,6 +31,11 @@ demo: $(STAMP) redis
 
 bench: $(STAMP) redis
 	@for b in bench/*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done
+
+# The long chaos soak (20,000 messages, a 60 s Zep outage; about 8 minutes).
+# `make test` runs the short plan in tests/test_soak.py.
+soak: $(STAMP) redis
+	$(BIN)/python -m scripts.soak --plan long --report var/soak-report.json
 
 clean:
 	rm -rf $(VENV) var .mypy_cache .ruff_cache .pytest_cache

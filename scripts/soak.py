@@ -1,0 +1,561 @@
+"""The chaos soak: N messages through Zep faults, worker kills and a broker restart.
+
+``make soak`` runs the long plan (20,000 messages, a 60 s Zep outage); the test
+suite runs the short one (2,000 messages, a shorter outage) through
+``tests/test_soak.py``. Both print one JSON report and exit 0 only when every
+check holds:
+
+* the simulator holds exactly the N messages sent: every derived uuid once,
+  every ``client_msg_id`` once, none missing;
+* no email address or phone number of the input reaches the simulator, either
+  Redis (their append-only files: everything ever written), the outbox or any
+  log; no message's marker word appears in a log line;
+* the dead-letter queue is empty;
+* no read took longer than its budget (``MEMORY_READ_TIMEOUT_MS``) + 25 ms;
+* the Zep outage caused exactly one downgrade and reads came back after it.
+
+What runs, all real processes: the Zep simulator; a state Redis and a broker
+Redis (private ``redis-server`` processes on free ports, append-only); a
+prefork Celery worker and Celery beat (the recovery probe); four producer
+processes calling ``enqueue_message`` and ``fetch_thread_context`` like web
+handlers. While they run, the simulator fails writes at random (20 % 5xx, 10 %
+timeouts, half of them after storing the message), answers 429 bursts with
+``Retry-After``, and goes down completely once; the worker's pool processes
+are killed with -9, the broker is restarted, and the whole worker (master and
+pool) is killed with -9 and started again, as its supervisor would. A
+watchdog restarts the worker when it exits on its own, as supervisord does
+(kombu 5.7 ends a worker that loses a Redis broker while holding messages),
+and the report lists those exits. The broker's visibility timeout stays at its
+default hour: what killed workers held comes back through the delivery
+ledger's sweep (``MEMORY_REDELIVER_AFTER_SECONDS``, short here).
+
+    python -m scripts.soak --plan long [--report var/soak/report.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import contextlib
+import functools
+import json
+import random
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import httpx
+import redis
+
+from memory_worker.config import Settings
+from memory_worker.keys import Keys
+from memory_worker.messages import message_uuid
+from memory_worker.zep_sim.process import spawn
+from tests.processes import (
+    CELERY,
+    ROOT,
+    PrivateRedis,
+    SupervisedWorker,
+    end_process,
+    project_env,
+    wait_for,
+)
+
+KEY = "soak-dummy-key"  # the simulator's key: a dummy, not a secret
+WRITES = "/api/v2/sessions*"  # session creation and memory adds (POST)
+READS = "/api/v2/sessions/*/memory"  # context reads (GET)
+BUDGET_SLACK_MS = 25.0
+
+
+@dataclass(frozen=True)
+class Plan:
+    """How big and how long; every event is placed at a fraction of ``enqueue_seconds``."""
+
+    name: str
+    messages: int
+    producers: int
+    threads: int
+    enqueue_seconds: float
+    outage_seconds: float
+    concurrency: int
+    read_every: int  # one read after this many enqueues, per producer
+    zep_timeout_ms: int
+    redeliver_after_s: int  # MEMORY_REDELIVER_AFTER_SECONDS: the delivery ledger's slack
+    settle_seconds: float  # how long after the last enqueue delivery may take
+    seed: int = 20261122
+
+
+PLANS = {
+    "short": Plan("short", messages=2000, producers=4, threads=100, enqueue_seconds=40.0,
+                  outage_seconds=8.0, concurrency=8, read_every=2, zep_timeout_ms=400,
+                  redeliver_after_s=15, settle_seconds=150.0),
+    "long": Plan("long", messages=20_000, producers=4, threads=1000, enqueue_seconds=300.0,
+                 outage_seconds=60.0, concurrency=8, read_every=3, zep_timeout_ms=400,
+                 redeliver_after_s=30, settle_seconds=420.0),
+}
+
+
+# The input: every message has a marker word; every third carries an email and a phone.
+
+def client_msg_id(i: int) -> str:
+    return f"soak-{i:06d}"
+
+
+def thread_of(plan: Plan, i: int) -> str:
+    """Conversations: each thread gets its turns one after another, as chats do."""
+    per_thread = max(1, plan.messages // plan.threads)
+    return f"soak-thread-{(i // per_thread) % plan.threads:04d}"
+
+
+def marker(i: int) -> str:
+    return f"qz{i:06d}qz"
+
+
+def email(i: int) -> str:
+    return f"soak.user{i}@mail{i % 7}.example.com"
+
+
+def phone(i: int) -> str:
+    digits = f"{i:07d}"
+    return f"+90 53{i % 10} {digits[:3]} {digits[3:5]} {digits[5:]}"
+
+
+def has_pii(i: int) -> bool:
+    return i % 3 == 0
+
+
+def content(i: int) -> str:
+    text = f"Turn {i} about the flat near the harbour, note {marker(i)}."
+    if has_pii(i):
+        text += f" Write to {email(i)} or call {phone(i)} after six."
+    return text
+
+
+def leak_needles(plan: Plan) -> list[str]:
+    """What must not appear anywhere: every email, and every phone as written and in E.164.
+
+    (Bare digit runs are no needles: they turn up inside any logged float.)
+    """
+    needles = []
+    for i in range(plan.messages):
+        if has_pii(i):
+            number = phone(i)
+            needles += [email(i), number, number.replace(" ", "")]
+    return needles
+
+
+# Producer processes
+
+def produce(plan: Plan, index: int, workdir: Path) -> None:
+    """One web process: enqueue its share on schedule, read between, until told to stop."""
+    from memory_worker.runtime import enqueue_message, fetch_thread_context
+
+    rng = random.Random(plan.seed + index)
+    mine = list(range(index, plan.messages, plan.producers))
+    stop = workdir / "stop"
+    reads: list[list[Any]] = []
+    spooled = errors = 0
+    started = time.time()
+
+    def read() -> None:
+        thread = thread_of(plan, rng.choice(mine[max(0, done - 40): max(1, done)]))
+        view = rng.choice(("summary", "recent", "facts"))
+        begin = time.perf_counter()
+        _, meta = fetch_thread_context(thread, view)
+        took = (time.perf_counter() - begin) * 1000
+        reads.append([round(time.time(), 3), round(took, 3), meta["source"], meta["reason"]])
+
+    done = 0
+    for n, i in enumerate(mine):
+        due = started + plan.enqueue_seconds * n / len(mine)
+        while time.time() < due:
+            time.sleep(min(0.05, max(0.0, due - time.time())))
+        role = "user" if i % 2 == 0 else "assistant"
+        try:
+            result = enqueue_message(thread_of(plan, i), role, content(i), client_msg_id(i),
+                                     user_id=f"user-of-{thread_of(plan, i)}")
+            spooled += bool(result.spooled)
+        except Exception as exc:  # reported, and the message counts as lost
+            errors += 1
+            print(f"enqueue {client_msg_id(i)} failed: {type(exc).__name__}", file=sys.stderr)
+        done = n + 1
+        if done % plan.read_every == 0:
+            read()
+    while not stop.exists():  # keep reading: recovery after the outage is observed here
+        read()
+        time.sleep(0.1)
+    summary = {"index": index, "enqueued": len(mine) - errors, "errors": errors,
+               "spooled": spooled, "reads": reads}
+    (workdir / f"producer-{index}.json").write_text(json.dumps(summary), encoding="utf-8")
+
+
+# The harness
+
+class Chaos:
+    """The simulator's control API, and the fault mix of the soak."""
+
+    def __init__(self, url: str, plan: Plan) -> None:
+        self.http = httpx.Client(base_url=url, timeout=30.0)
+        self.plan = plan
+
+    def add(self, **fault: Any) -> None:
+        self.http.post("/_sim/faults", json=fault).raise_for_status()
+
+    def clear(self) -> None:
+        self.http.delete("/_sim/faults").raise_for_status()
+
+    def weather(self) -> None:
+        """Writes: 5 % stored-then-stalled, 5 % stalled, 20 % 5xx; reads: 2 % stalls."""
+        stall = self.plan.zep_timeout_ms * 2.5
+        self.add(method="POST", path=WRITES, latency_ms=stall, process_first=True,
+                 probability=0.05)
+        self.add(method="POST", path=WRITES, latency_ms=stall, probability=0.05 / 0.95)
+        self.add(method="POST", path=WRITES, status=503, probability=0.20 / 0.90)
+        self.add(method="GET", path=READS, latency_ms=1000, probability=0.02)
+
+    def burst_429(self, times: int, retry_after: int) -> None:
+        self.add(method="POST", path=WRITES, status=429, times=times,
+                 headers={"Retry-After": str(retry_after)})
+
+    def outage(self) -> None:
+        self.clear()
+        self.add(path="/api/v2/*", status=503)
+
+    def stored(self, threads: list[str]) -> list[dict[str, Any]]:
+        out: list[dict[str, Any]] = []
+        for thread in threads:
+            answer = self.http.get(f"/_sim/sessions/{thread}/messages")
+            answer.raise_for_status()
+            out += answer.json()["messages"]
+        return out
+
+    def requests(self) -> list[dict[str, Any]]:
+        answer = self.http.get("/_sim/requests")
+        answer.raise_for_status()
+        return list(answer.json()["requests"])
+
+
+@dataclass
+class Timeline:
+    started: float = 0.0
+    events: list[dict[str, Any]] = field(default_factory=list)
+
+    def mark(self, what: str, **extra: Any) -> float:
+        now = time.time()
+        self.events.append({"at_s": round(now - self.started, 2), "event": what, **extra})
+        print(f"soak: +{now - self.started:6.1f}s {what} {extra or ''}", flush=True)
+        return now
+
+
+def run(plan: Plan, workdir: Path) -> dict[str, Any]:
+    if workdir.exists():
+        shutil.rmtree(workdir)
+    workdir.mkdir(parents=True)
+    cleanup: list[Callable[[], None]] = []
+    try:
+        return _run(plan, workdir, cleanup)
+    finally:
+        for undo in reversed(cleanup):
+            try:
+                undo()
+            except Exception as exc:  # keep tearing down the rest
+                print(f"soak: cleanup step failed: {exc!r}", file=sys.stderr)
+
+
+def _run(plan: Plan, workdir: Path, cleanup: list[Callable[[], None]]) -> dict[str, Any]:
+    state = PrivateRedis(workdir / "state-redis", appendonly=True).start()
+    cleanup.append(state.stop)
+    broker = PrivateRedis(workdir / "broker-redis", appendonly=True).start()
+    cleanup.append(broker.stop)
+    sim_proc, sim_url = spawn(workdir / "zep-sim.log", KEY)
+    cleanup.append(lambda: end_process(sim_proc))
+    chaos = Chaos(sim_url, plan)
+
+    env = project_env(
+        state.url, CELERY_BROKER_URL=broker.url, FLAG_ZEP_WRITE="true", FLAG_ZEP_READ="true",
+        ZEP_API_URL=sim_url, ZEP_API_KEY=KEY, ZEP_TIMEOUT_MS=str(plan.zep_timeout_ms),
+        MEMORY_SPOOL_DIR=str(workdir / "spool"), MEMORY_DOWNGRADE_HOLD_SECONDS="2",
+        MEMORY_DOWNGRADE_HOLD_MAX_SECONDS="6", MEMORY_PROBE_INTERVAL_SECONDS="1",
+        MEMORY_LATENCY_DOWNGRADE_MS="0",
+        MEMORY_REDELIVER_AFTER_SECONDS=str(plan.redeliver_after_s))
+    env.pop("PROMETHEUS_MULTIPROC_DIR", None)
+    timeline = Timeline()
+    exits: list[dict[str, Any]] = []
+
+    def exited(code: int | None) -> None:
+        at = timeline.mark("the worker exited on its own; started again", exit_code=code)
+        exits.append({"at_s": round(at - timeline.started, 2), "exit_code": code})
+
+    worker = SupervisedWorker("soak", plan.concurrency, env, workdir / "worker.log",
+                              on_exit=exited)
+    worker.start()
+    cleanup.append(worker.stop)
+    beat = _spawn([CELERY, "-A", "memory_worker", "beat", "--loglevel=INFO",
+                   f"--schedule={workdir / 'beat-schedule'}"], env, workdir / "beat.log")
+    cleanup.append(lambda: end_process(beat))
+    wait_for(lambda: "ready." in (workdir / "worker.log").read_text(errors="replace"), 60,
+             "the worker to be ready")
+
+    chaos.weather()
+    timeline.started = time.time()
+    producers = [
+        _spawn([sys.executable, "-m", "scripts.soak", "--produce", str(k), "--plan", plan.name,
+                "--messages", str(plan.messages), "--workdir", str(workdir)],
+               env, workdir / f"producer-{k}.log")
+        for k in range(plan.producers)
+    ]
+    cleanup.extend(functools.partial(end_process, p) for p in producers)
+    timeline.mark("producers started", producers=plan.producers, messages=plan.messages)
+
+    e = plan.enqueue_seconds
+    outage: dict[str, float] = {}
+    for at, action in _schedule(plan):
+        _sleep_until(timeline.started + at * e)
+        if action == "burst":
+            chaos.burst_429(times=30, retry_after=2)
+            timeline.mark("429 burst", requests=30, retry_after_s=2)
+        elif action == "kill_pool":
+            timeline.mark("kill -9 of the worker's pool processes", killed=worker.kill_pool())
+        elif action == "broker_restart":
+            timeline.mark("broker stopped")
+            broker.stop()
+            time.sleep(2.0)
+            broker.start()
+            timeline.mark("broker started again (append-only file reloaded)")
+        elif action == "outage":
+            chaos.outage()
+            outage["start"] = timeline.mark("Zep outage begins", seconds=plan.outage_seconds)
+            time.sleep(plan.outage_seconds)
+            chaos.clear()
+            chaos.weather()
+            outage["end"] = timeline.mark("Zep outage ends")
+        elif action == "kill_all":
+            worker.kill_all_and_restart()
+            timeline.mark("kill -9 of the whole worker (master and pool); started again")
+
+    _sleep_until(timeline.started + e)  # producers are done enqueueing; they keep reading
+    threads = sorted({thread_of(plan, i) for i in range(plan.messages)})
+    expected = {message_uuid(client_msg_id(i)) for i in range(plan.messages)}
+    chaos.clear()  # the weather ends; waiting retries finish
+    timeline.mark("faults cleared; waiting for delivery")
+    settle_deadline = time.time() + plan.settle_seconds
+    stored: list[dict[str, Any]] = []
+    while time.time() < settle_deadline:
+        stored = chaos.stored(threads)
+        if len({m["uuid"] for m in stored}) >= len(expected):
+            break
+        time.sleep(2.0)
+    timeline.mark("delivery settled", stored=len(stored))
+    time.sleep(3.0)  # anything still running would show as a duplicate or an extra
+    stored = chaos.stored(threads)
+    (workdir / "stop").touch()
+    for proc in producers:
+        proc.wait(timeout=60)
+    worker.stop()
+    end_process(beat)
+
+    return _report(plan, workdir, timeline, outage, state, broker, chaos, stored, expected,
+                   exits)
+
+
+def _schedule(plan: Plan) -> list[tuple[float, str]]:
+    return [(0.15, "burst"), (0.25, "kill_pool"), (0.40, "broker_restart"), (0.50, "burst"),
+            (0.60, "outage"), (0.85, "kill_all"), (0.92, "burst")]
+
+
+def _report(plan: Plan, workdir: Path, timeline: Timeline, outage: dict[str, float],
+            state: PrivateRedis, broker: PrivateRedis, chaos: Chaos,
+            stored: list[dict[str, Any]], expected: set[str],
+            worker_exits: list[dict[str, Any]]) -> dict[str, Any]:
+    producers = [json.loads((workdir / f"producer-{k}.json").read_text(encoding="utf-8"))
+                 for k in range(plan.producers)]
+    reads = [r for p in producers for r in p["reads"]]
+    budget = Settings().read_timeout_ms + BUDGET_SLACK_MS  # the soak keeps the default
+    uuids = [m["uuid"] for m in stored]
+    ids = [(m.get("metadata") or {}).get("client_msg_id") for m in stored]
+    duplicates = (len(uuids) - len(set(uuids))) + (len(ids) - len(set(ids)))
+    lost = sorted(expected - set(uuids))
+    extra = sorted(set(uuids) - expected)
+
+    needles = set(leak_needles(plan))
+    places = _leak_places(workdir, state, broker, stored)
+    leaks = {place: hits for place, text in places.items()
+             if (hits := sorted(pii_in(text) & needles)[:5])}
+    markers = {marker(i) for i in range(plan.messages)}
+    content_in_logs = sorted({found for place, text in places.items() if place.endswith(".log")
+                              for found in _MARKER.findall(text)} & markers)[:5]
+
+    dlq = redis.Redis.from_url(state.url).llen(Keys("mem:").dlq)
+    downgrades = _downgrades(workdir)
+    in_outage = [d for d in downgrades
+                 if outage and outage["start"] <= d["time"] <= outage["end"]]
+    back = [r for r in reads if outage and r[0] > outage["end"] and answered(r[2], r[3])]
+    requests = chaos.requests()
+    statuses = _tally(str(r["status"]) for r in requests)
+    # In the soak a 400 to an add can only be Zep's "message_uuid already exists":
+    # a write that was stored before its answer was lost, retried and counted as done.
+    duplicate_refusals = sum(1 for r in requests if r["method"] == "POST"
+                             and r["path"].endswith("/memory") and r["status"] == 400)
+
+    report: dict[str, Any] = {
+        "plan": asdict(plan),
+        "messages": {"sent": plan.messages,
+                     "enqueued": sum(p["enqueued"] for p in producers),
+                     "enqueue_errors": sum(p["errors"] for p in producers),
+                     "spooled": sum(p["spooled"] for p in producers),
+                     "stored": len(stored), "unique_stored": len(set(uuids)),
+                     "duplicates": duplicates, "lost": len(lost), "lost_sample": lost[:5],
+                     "unexpected": len(extra)},
+        "leaks": {"pii_places": leaks, "content_in_logs": content_in_logs,
+                  "needles": len(needles), "places_checked": sorted(places)},
+        "dlq_size": int(dlq),
+        "reads": {"count": len(reads), "max_ms": max((r[1] for r in reads), default=None),
+                  "budget_ms": budget,
+                  "over_budget": sum(1 for r in reads if r[1] > budget),
+                  "by_outcome": _tally(f"{r[2]}:{r[3]}" for r in reads)},
+        "outage": {"downgrades": len(in_outage),
+                   "downgrades_outside": len(downgrades) - len(in_outage),
+                   "window_s": [round(outage[k] - timeline.started, 2) for k in ("start", "end")
+                                if k in outage],
+                   "all_downgrades": [{**d, "time": round(d["time"] - timeline.started, 2)}
+                                      for d in downgrades],
+                   "reads_back_after_s": round(back[0][0] - outage["end"], 2) if back else None},
+        "zep": {"requests": len(requests), "by_status": statuses,
+                "worker_duplicate_uuid_answers": duplicate_refusals},
+        "ledger": {"republished": _count_events(workdir / "worker.log", "zep_write_republished")},
+        "worker_exits_on_its_own": worker_exits,
+        "timeline": timeline.events,
+    }
+    checks = {
+        "exactly_n_stored": len(stored) == plan.messages and not lost and not extra
+        and duplicates == 0,
+        "no_pii_leak": not leaks,
+        "no_content_in_logs": not content_in_logs,
+        "dlq_empty": dlq == 0,
+        "reads_within_budget": bool(reads) and max(r[1] for r in reads) <= budget,
+        "one_downgrade_per_outage": len(in_outage) == 1,
+        "reads_back_after_outage": bool(back),
+    }
+    report["checks"] = checks
+    report["passed"] = all(checks.values())
+    return report
+
+
+def _leak_places(workdir: Path, state: PrivateRedis, broker: PrivateRedis,
+                 stored: list[dict[str, Any]]) -> dict[str, str]:
+    """Everything the input could have leaked into, as text, by where it came from."""
+    places = {"simulator store": json.dumps(stored)}
+    for server, name in ((state, "state"), (broker, "broker")):
+        for path in sorted(server.directory.rglob("*")):
+            if path.is_file():
+                places[f"{name} redis {path.name}"] = with_bodies(
+                    path.read_bytes().decode("utf-8", "replace"))
+    for path in sorted(workdir.rglob("*")):
+        if path.is_file() and (path.suffix == ".log" or "spool" in path.parts):
+            places[str(path.relative_to(workdir))] = path.read_text(errors="replace")
+    return places
+
+
+_EMAIL = re.compile(r"[A-Za-z0-9._%+-]+@[A-Za-z0-9.-]*[A-Za-z]")
+_PHONE = re.compile(r"\+90 ?5\d\d ?\d{3} ?\d\d ?\d\d")
+_MARKER = re.compile(r"qz\d{6}qz")
+_BODY = re.compile(r'"body": "([A-Za-z0-9+/]{16,}={0,2})"')
+
+
+def pii_in(text: str) -> set[str]:
+    """Every email address and phone number of the soak's shapes in ``text``, as written."""
+    return set(_EMAIL.findall(text)) | set(_PHONE.findall(text))
+
+
+def with_bodies(text: str) -> str:
+    """The text and, after it, every Celery message body in it decoded (they are base64)."""
+    decoded = []
+    for body in _BODY.findall(text):
+        with contextlib.suppress(ValueError):
+            decoded.append(base64.b64decode(body).decode("utf-8", "replace"))
+    return "\n".join([text, *decoded])
+
+
+_FORCED = re.compile(r"\{[^\n]*\"event\": \"memory_mode_forced\"[^\n]*\}")
+
+
+def _downgrades(workdir: Path) -> list[dict[str, Any]]:
+    """``memory_mode_forced`` lines that took reads away (read_write → write_only)."""
+    found = []
+    for path in sorted(workdir.glob("*.log")):
+        for line in _FORCED.findall(path.read_text(errors="replace")):
+            event = json.loads(line)
+            if event.get("prev_mode") == "read_write" and event.get("next_mode") == "write_only":
+                found.append({"time": _epoch(event), "reason": event.get("reason"),
+                              "source": event.get("source"), "log": path.name})
+    return found
+
+
+def _epoch(event: dict[str, Any]) -> float:
+    return float(event["ts"])
+
+
+def answered(source: str, reason: str | None) -> bool:
+    """A read that reached Zep (or its answer in a cache): reads are back, found or not."""
+    return source in ("zep", "negative_cache") or (source, reason) == ("error", "not_found")
+
+
+def _count_events(log: Path, event: str) -> int:
+    return log.read_text(errors="replace").count(f'"event": "{event}"')
+
+
+def _tally(values: Iterable[str]) -> dict[str, int]:
+    return dict(sorted(Counter(values).items()))
+
+
+def _spawn(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
+    with log.open("ab") as out:
+        return subprocess.Popen(args, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+
+
+def _sleep_until(moment: float) -> None:
+    while (left := moment - time.time()) > 0:
+        time.sleep(min(left, 0.5))
+
+
+def _terminated(signum: int, frame: object) -> None:
+    raise SystemExit(f"soak: terminated by signal {signum}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--plan", choices=sorted(PLANS), default="long")
+    parser.add_argument("--messages", type=int, help="override the plan's message count")
+    parser.add_argument("--workdir", type=Path, default=ROOT / "var" / "soak")
+    parser.add_argument("--report", type=Path, help="also write the JSON report here")
+    parser.add_argument("--produce", type=int, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    plan = PLANS[args.plan]
+    if args.messages is not None:
+        plan = replace(plan, messages=args.messages)
+    if args.produce is not None:
+        produce(plan, args.produce, args.workdir)
+        return 0
+    signal.signal(signal.SIGTERM, _terminated)  # tear down what was started, then exit
+    report = run(plan, args.workdir)
+    text = json.dumps(report, indent=2)
+    print(text)
+    if args.report:
+        args.report.parent.mkdir(parents=True, exist_ok=True)
+        args.report.write_text(text + "\n", encoding="utf-8")
+    print("SOAK PASSED" if report["passed"] else "SOAK FAILED: " + ", ".join(
+        name for name, ok in report["checks"].items() if not ok))
+    return 0 if report["passed"] else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

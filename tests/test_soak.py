@@ -1,0 +1,90 @@
+"""The chaos soak's short plan: 2,000 messages through faults, kills and a broker restart.
+
+Runs ``scripts/soak.py --plan short`` as ``make soak`` runs the long plan, and
+checks its JSON report figure by figure, so a failure names what broke: a lost
+or duplicated message, a leak, a dead letter, a slow read, or an outage that
+did not downgrade exactly once or never gave reads back.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from typing import Any
+
+import pytest
+
+from scripts.soak import PLANS
+from tests.processes import ROOT
+
+PLAN = PLANS["short"]
+
+
+@pytest.fixture(scope="module")
+def report(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    workdir = tmp_path_factory.mktemp("soak")
+    path = workdir / "report.json"
+    done = subprocess.run(
+        [sys.executable, "-m", "scripts.soak", "--plan", PLAN.name,
+         "--workdir", str(workdir / "run"), "--report", str(path)],
+        cwd=ROOT, capture_output=True, text=True, timeout=600, check=False)
+    if not path.exists():
+        pytest.fail(f"the soak wrote no report (exit {done.returncode}):\n"
+                    f"{done.stdout[-3000:]}\n{done.stderr[-3000:]}")
+    data: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
+    data["exit_code"] = done.returncode
+    return data
+
+
+pytestmark = [pytest.mark.slow, pytest.mark.soak, pytest.mark.timeout(660)]
+
+
+def test_every_message_is_stored_exactly_once(report: dict[str, Any]) -> None:
+    messages = report["messages"]
+    assert messages["enqueued"] == messages["sent"] == PLAN.messages
+    assert messages["enqueue_errors"] == 0
+    assert (messages["stored"], messages["unique_stored"]) == (PLAN.messages, PLAN.messages)
+    assert (messages["duplicates"], messages["lost"], messages["unexpected"]) == (0, 0, 0)
+
+
+def test_the_faults_really_happened(report: dict[str, Any]) -> None:
+    """A soak whose chaos did not reach the writes would prove nothing."""
+    statuses = report["zep"]["by_status"]
+    # Roughly one in five adds answered 503, and some adds stored before their answer was lost.
+    assert statuses.get("503", 0) >= PLAN.messages * 0.1
+    assert statuses.get("429", 0) >= 30
+    assert report["zep"]["worker_duplicate_uuid_answers"] >= 1
+    assert report["messages"]["spooled"] >= 1  # the broker restart sent enqueues to the outbox
+    events = [e["event"] for e in report["timeline"]]
+    assert sum("kill -9" in e for e in events) == 2
+    assert any(e.startswith("broker started again") for e in events)
+
+
+def test_nothing_leaks(report: dict[str, Any]) -> None:
+    leaks = report["leaks"]
+    assert leaks["needles"] >= PLAN.messages // 3
+    assert any("aof" in place for place in leaks["places_checked"])
+    assert leaks["pii_places"] == {}
+    assert leaks["content_in_logs"] == []
+
+
+def test_the_dead_letter_queue_is_empty(report: dict[str, Any]) -> None:
+    assert report["dlq_size"] == 0
+
+
+def test_no_read_overran_its_budget(report: dict[str, Any]) -> None:
+    reads = report["reads"]
+    assert reads["count"] >= PLAN.messages // PLAN.read_every
+    assert reads["max_ms"] <= reads["budget_ms"], reads
+
+
+def test_the_outage_downgraded_once_and_reads_came_back(report: dict[str, Any]) -> None:
+    outage = report["outage"]
+    assert outage["downgrades"] == 1, outage
+    assert outage["reads_back_after_s"] is not None
+
+
+def test_the_soak_passed_as_a_whole(report: dict[str, Any]) -> None:
+    assert report["checks"] and all(report["checks"].values()), report["checks"]
+    assert report["passed"] is True and report["exit_code"] == 0
