@@ -16,6 +16,7 @@ worker's done-marker and Zep's uuid check keep the write single anyway.
 from __future__ import annotations
 
 import logging
+import random
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -175,9 +176,12 @@ class Publisher:
             self._drainer.start()
 
     def _drain_until_empty(self) -> None:
-        step = 0
+        failed = 0  # drains in a row that failed or published nothing
         while True:
-            time.sleep(DRAIN_INTERVALS_S[min(step, len(DRAIN_INTERVALS_S) - 1)])
+            # Jittered: the web processes of one host share the outbox and lost the
+            # broker at the same moment; in step, they would meet at its lock every time.
+            interval = DRAIN_INTERVALS_S[min(failed, len(DRAIN_INTERVALS_S) - 1)]
+            time.sleep(interval * random.uniform(0.8, 1.2))
             try:
                 report = self.drain()
                 # What arrived during a drain that got through is drained at once: each
@@ -188,11 +192,13 @@ class Publisher:
             except Exception as exc:
                 log_event(log, "memory_spool_drain_failed", logging.WARNING,
                           error=type(exc).__name__)
-                step += 1
+                failed += 1
                 continue
             if not self._spooling:
                 return
-            step = 0 if report.published else step + 1
+            # Another process draining the shared outbox publishes this one's messages
+            # too: that is progress, so look again soon rather than back off.
+            failed = 0 if report.published or report.busy else failed + 1
 
     def _redact_tree(self, value: Any, counts: dict[str, int]) -> Any:
         """Metadata reaches the broker too: redact every string in it."""

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
+import fcntl
 import json
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -17,7 +19,7 @@ from memory_worker.enqueue import Publisher
 from memory_worker.errors import InvalidMessage, OutboxUnavailable
 from memory_worker.keys import Keys
 from memory_worker.messages import message_uuid
-from memory_worker.spool import Outbox
+from memory_worker.spool import DRAIN_LOCK, Outbox
 from tests.conftest import FakeClock
 
 PII = "Mail ayse.yilmaz@ornek.com.tr or call 0533 123 45 67 about the 2+1 for 150.000 TL"
@@ -182,3 +184,28 @@ def test_under_steady_traffic_the_drainer_empties_the_outbox_and_publishing_goes
     assert not results[-1].spooled, "still spooling after 400 messages"
     assert [kw["payload"]["client_msg_id"] for _, kw in broker.sent] == [
         f"m-{i}" for i in range(len(results) + 1)]
+
+
+def test_a_drainer_that_finds_another_process_draining_looks_again_soon(
+    publisher: Publisher, broker: Broker, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Web processes share the outbox: one finding the drain lock taken keeps its short
+    interval (the other is publishing its messages too) instead of backing off."""
+    monkeypatch.setattr(enqueue, "DRAIN_INTERVALS_S", (0.05, 30.0))
+    spool = tmp_path / "spool"
+    spool.mkdir()
+    held = os.open(spool / DRAIN_LOCK, os.O_RDWR | os.O_CREAT, 0o600)
+    fcntl.flock(held, fcntl.LOCK_EX)  # another process is draining
+    try:
+        broker.down = True
+        assert publisher.enqueue("t", "user", "during the outage", "m-0").spooled
+        broker.down = False
+        time.sleep(0.3)  # several looks at the lock, each finding it taken
+        assert broker.sent == []
+    finally:
+        os.close(held)  # the other drain is done
+    deadline = time.monotonic() + 5.0
+    while not broker.sent and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert [kw["payload"]["client_msg_id"] for _, kw in broker.sent] == ["m-0"]
+    assert not publisher.enqueue("t", "user", "after", "m-1").spooled
