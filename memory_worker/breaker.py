@@ -13,10 +13,13 @@ The numbers (``BreakerPolicy``, every one a parameter):
   keeps a busy deployment's circuit shut on a Zep that fails a share of its
   calls: at 100 calls a second and 30 % failures, five failures in a row
   come every few seconds, a second of nothing but failures never.
-* **A failure rate of 50 % over at least 20 calls in 30 s** opens it too. This
-  catches a flapping Zep whose odd success keeps breaking the run; the floor
-  of 20 calls keeps a quiet deployment from opening on two failures out of
-  three. The window is ten buckets of 3 s, so it slides in 3 s steps.
+* **A failure rate of 50 % over at least 50 calls in 30 s** opens it too. This
+  catches a flapping Zep whose odd success keeps breaking the run on a busy
+  deployment (a quiet one meets the first rule first). The floor is what keeps
+  chance from judging a degraded Zep down: at 30 % failures, the window as it
+  fills reaches 50 % about one time in sixteen with a floor of 20 calls, one
+  time in three hundred with 50. The window is ten buckets of 3 s, so it
+  slides in 3 s steps.
 * **Open for 30 s**, doubled after each failed trial, **capped at 300 s** (the
   write retry cap). Tasks reschedule to ``reopen_at``, so with default retries
   a write outlives a 30-minute outage.
@@ -88,7 +91,7 @@ class BreakerPolicy:
     failure_threshold: int = 5
     failure_run_seconds: float = 1.0
     failure_rate: float = 0.5
-    min_calls: int = 20
+    min_calls: int = 50
     window_seconds: float = 30.0
     open_seconds: float = 30.0
     max_open_seconds: float = 300.0

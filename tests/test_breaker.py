@@ -78,8 +78,9 @@ def test_a_burst_of_failures_shorter_than_a_second_does_not_open_the_circuit(
         assert breaker.record_failure() is False
     clock.advance(0.99)
     assert breaker.record_failure() is False
-    clock.advance(0.01)
+    clock.advance(0.02)  # the run now spans 1.01 s
     assert breaker.record_failure() is True
+    assert breaker.policy.min_calls > 19  # the run opened it, not the rate of 18 in 19
 
 
 def test_a_success_breaks_the_run_of_failures(breaker: Breaker) -> None:
@@ -92,25 +93,27 @@ def test_a_success_breaks_the_run_of_failures(breaker: Breaker) -> None:
     assert breaker.state() is CircuitState.CLOSED
 
 
-def test_half_of_twenty_calls_failing_in_the_window_opens_the_circuit(
+def test_half_of_the_floor_of_calls_failing_in_the_window_opens_the_circuit(
     breaker: Breaker, conn: redis.Redis, keys: Keys, clock: FakeClock
 ) -> None:
-    """Success and failure alternate (no run at all); the 20th call reaches 50 % of 20."""
+    """Success and failure alternate (no run at all); the call that makes the floor of
+    calls (50) with half of them failed opens the circuit, not one before it."""
+    pairs = breaker.policy.min_calls // 2
     opened = []
-    for _ in range(10):
+    for _ in range(pairs):
         breaker.record_success()
-        clock.advance(1)
+        clock.advance(0.5)
         opened.append(breaker.record_failure())
-        clock.advance(1)
-    assert opened == [False] * 9 + [True]
+        clock.advance(0.5)
+    assert opened == [False] * (pairs - 1) + [True]
     assert conn.hget(keys.write_circuit, "reason") == "failure_rate"
 
 
 def test_failures_that_left_the_window_no_longer_count_toward_the_rate(
     breaker: Breaker, clock: FakeClock
 ) -> None:
-    """19 calls, 9 failed; 30 s later one more failure would make 10 of 20, had they stayed."""
-    for _ in range(9):
+    """49 calls, 24 failed; 30 s later one more failure would make 25 of 50, had they stayed."""
+    for _ in range(breaker.policy.min_calls // 2 - 1):
         breaker.record_success()
         breaker.record_failure()
     breaker.record_success()
