@@ -25,9 +25,11 @@ are killed with -9, the broker is restarted, and the whole worker (master and
 pool) is killed with -9 and started again, as its supervisor would. A
 watchdog restarts the worker when it exits on its own, as supervisord does
 (kombu 5.7 ends a worker that loses a Redis broker while holding messages),
-and the report lists those exits. The broker's visibility timeout stays at its
-default hour: what killed workers held comes back through the delivery
-ledger's sweep (``MEMORY_REDELIVER_AFTER_SECONDS``, short here).
+and the report lists those exits. The random faults outlast the enqueues
+until enough writes have met them (``_keep_the_weather``). The broker's
+visibility timeout stays at its default hour: what killed workers held comes
+back through the delivery ledger's sweep (``MEMORY_REDELIVER_AFTER_SECONDS``,
+short here).
 
     python -m scripts.soak --plan long [--report var/soak/report.json]
 """
@@ -73,6 +75,7 @@ KEY = "soak-dummy-key"  # the simulator's key: a dummy, not a secret
 WRITES = "/api/v2/sessions*"  # session creation and memory adds (POST)
 READS = "/api/v2/sessions/*/memory"  # context reads (GET)
 BUDGET_SLACK_MS = 25.0
+WEATHER_503_SHARE = 0.1  # the weather lasts until this many adds per message met its 5xx
 
 
 @dataclass(frozen=True)
@@ -342,10 +345,11 @@ def _run(plan: Plan, workdir: Path, cleanup: list[Callable[[], None]]) -> dict[s
             timeline.mark("kill -9 of the whole worker (master and pool); started again")
 
     _sleep_until(timeline.started + e)  # producers are done enqueueing; they keep reading
+    _keep_the_weather(plan, chaos, timeline, outage)
     threads = sorted({thread_of(plan, i) for i in range(plan.messages)})
     expected = {message_uuid(client_msg_id(i)) for i in range(plan.messages)}
     chaos.clear()  # the weather ends; waiting retries finish
-    timeline.mark("faults cleared; waiting for delivery")
+    outage["weather_end"] = timeline.mark("faults cleared; waiting for delivery")
     settle_deadline = time.time() + plan.settle_seconds
     stored: list[dict[str, Any]] = []
     while time.time() < settle_deadline:
@@ -364,6 +368,47 @@ def _run(plan: Plan, workdir: Path, cleanup: list[Callable[[], None]]) -> dict[s
 
     return _report(plan, workdir, timeline, outage, state, broker, chaos, stored, expected,
                    exits)
+
+
+def _keep_the_weather(plan: Plan, chaos: Chaos, timeline: Timeline,
+                      outage: dict[str, float]) -> None:
+    """Keep the weather on until a tenth of the messages' worth of adds met its 5xx.
+
+    The writes can lag the enqueues: a circuit opened by a run of failures holds
+    them 30 s, and a slow machine drains the queue later. A soak whose faults
+    reached few writes proves little, so the weather waits for them, for at most
+    another enqueue phase; the report's ``zep.writes`` shows what it reached.
+    """
+    wanted = plan.messages * WEATHER_503_SHARE
+    deadline = time.time() + plan.enqueue_seconds
+    def met() -> int:
+        return write_phases(chaos.requests(), outage)["weather"].get("503", 0)
+
+    if met() >= wanted:
+        return
+    while (count := met()) < wanted and time.time() < deadline:
+        time.sleep(2.0)
+    timeline.mark("weather kept on until enough writes met it", weather_503s=count)
+
+
+def write_phases(requests: Iterable[dict[str, Any]], outage: dict[str, float]
+                 ) -> dict[str, dict[str, int]]:
+    """The statuses of Zep's answers to adds, by phase: under the weather, in the
+    outage, and in the calm after the faults were cleared."""
+    phases: dict[str, Counter[str]] = {"weather": Counter(), "outage": Counter(),
+                                       "calm": Counter()}
+    for r in requests:
+        if r["method"] != "POST" or not r["path"].endswith("/memory"):
+            continue
+        at = r["time"]
+        if "weather_end" in outage and at >= outage["weather_end"]:
+            phase = "calm"
+        elif "start" in outage and outage["start"] <= at <= outage.get("end", float("inf")):
+            phase = "outage"
+        else:
+            phase = "weather"
+        phases[phase][str(r["status"])] += 1
+    return {name: dict(sorted(tally.items())) for name, tally in phases.items()}
 
 
 def _schedule(plan: Plan) -> list[tuple[float, str]]:
@@ -429,7 +474,11 @@ def _report(plan: Plan, workdir: Path, timeline: Timeline, outage: dict[str, flo
                                       for d in downgrades],
                    "reads_back_after_s": round(back[0][0] - outage["end"], 2) if back else None},
         "zep": {"requests": len(requests), "by_status": statuses,
+                "writes": write_phases(requests, outage),
                 "worker_duplicate_uuid_answers": duplicate_refusals},
+        "circuit_opened": [
+            {"at_s": round(_epoch(e) - timeline.started, 2), "reason": e.get("reason")}
+            for e in _events(workdir / "worker.log", "memory_circuit_opened")],
         "ledger": {"republished": _count_events(workdir / "worker.log", "zep_write_republished")},
         "worker_exits_on_its_own": worker_exits,
         "timeline": timeline.events,
@@ -510,6 +559,17 @@ def answered(source: str, reason: str | None) -> bool:
 
 def _count_events(log: Path, event: str) -> int:
     return log.read_text(errors="replace").count(f'"event": "{event}"')
+
+
+def _events(log: Path, event: str) -> list[dict[str, Any]]:
+    """The JSON log lines of one event, in order."""
+    needle = f'"event": "{event}"'
+    found = []
+    for line in log.read_text(errors="replace").splitlines():
+        if needle in line and line.startswith("{"):
+            with contextlib.suppress(ValueError):
+                found.append(json.loads(line))
+    return found
 
 
 def _tally(values: Iterable[str]) -> dict[str, int]:

@@ -14,6 +14,7 @@ from scripts.soak import (
     phone,
     pii_in,
     with_bodies,
+    write_phases,
 )
 
 
@@ -40,3 +41,19 @@ def test_a_read_counts_as_back_when_zep_answered_it_found_or_not() -> None:
     assert answered("zep", None) and answered("error", "not_found")
     assert not answered("write_only_forced", "probe_failed")
     assert not answered("error", "timeout")
+
+
+def test_adds_are_tallied_by_the_phase_they_arrived_in() -> None:
+    def add(at: float, status: int | None) -> dict[str, object]:
+        return {"method": "POST", "path": "/api/v2/sessions/t/memory", "time": at,
+                "status": status}
+
+    requests = [add(1, 200), add(2, 503), add(10, 503), add(12, 503), add(21, 200),
+                add(30, None), {"method": "GET", "path": "/api/v2/sessions/t/memory",
+                                "time": 3, "status": 503},
+                {"method": "POST", "path": "/api/v2/sessions", "time": 4, "status": 503}]
+    phases = write_phases(requests, {"start": 10, "end": 12, "weather_end": 25})
+    assert phases == {"weather": {"200": 2, "503": 1}, "outage": {"503": 2},
+                      "calm": {"None": 1}}
+    # Before the weather ended, nothing is calm yet.
+    assert write_phases(requests, {})["calm"] == {}
