@@ -349,7 +349,7 @@ def _run(plan: Plan, workdir: Path, cleanup: list[Callable[[], None]]) -> dict[s
     threads = sorted({thread_of(plan, i) for i in range(plan.messages)})
     expected = {message_uuid(client_msg_id(i)) for i in range(plan.messages)}
     chaos.clear()  # the weather ends; waiting retries finish
-    outage["weather_end"] = timeline.mark("faults cleared; waiting for delivery")
+    weather_end = timeline.mark("faults cleared; waiting for delivery")
     settle_deadline = time.time() + plan.settle_seconds
     stored: list[dict[str, Any]] = []
     while time.time() < settle_deadline:
@@ -366,8 +366,8 @@ def _run(plan: Plan, workdir: Path, cleanup: list[Callable[[], None]]) -> dict[s
     worker.stop()
     end_process(beat)
 
-    return _report(plan, workdir, timeline, outage, state, broker, chaos, stored, expected,
-                   exits)
+    return _report(plan, workdir, timeline, outage, weather_end, state, broker, chaos, stored,
+                   expected, exits)
 
 
 def _keep_the_weather(plan: Plan, chaos: Chaos, timeline: Timeline,
@@ -381,27 +381,26 @@ def _keep_the_weather(plan: Plan, chaos: Chaos, timeline: Timeline,
     """
     wanted = plan.messages * WEATHER_503_SHARE
     deadline = time.time() + plan.enqueue_seconds
-    def met() -> int:
-        return write_phases(chaos.requests(), outage)["weather"].get("503", 0)
-
-    if met() >= wanted:
+    met = write_phases(chaos.requests(), outage)["weather"].get("503", 0)
+    if met >= wanted:
         return
-    while (count := met()) < wanted and time.time() < deadline:
+    while met < wanted and time.time() < deadline:
         time.sleep(2.0)
-    timeline.mark("weather kept on until enough writes met it", weather_503s=count)
+        met = write_phases(chaos.requests(), outage)["weather"].get("503", 0)
+    timeline.mark("weather kept on until enough writes met it", weather_503s=met)
 
 
-def write_phases(requests: Iterable[dict[str, Any]], outage: dict[str, float]
-                 ) -> dict[str, dict[str, int]]:
+def write_phases(requests: Iterable[dict[str, Any]], outage: dict[str, float],
+                 weather_end: float | None = None) -> dict[str, dict[str, int]]:
     """The statuses of Zep's answers to adds, by phase: under the weather, in the
-    outage, and in the calm after the faults were cleared."""
+    outage, and in the calm after the faults were cleared (at ``weather_end``)."""
     phases: dict[str, Counter[str]] = {"weather": Counter(), "outage": Counter(),
                                        "calm": Counter()}
     for r in requests:
         if r["method"] != "POST" or not r["path"].endswith("/memory"):
             continue
         at = r["time"]
-        if "weather_end" in outage and at >= outage["weather_end"]:
+        if weather_end is not None and at >= weather_end:
             phase = "calm"
         elif "start" in outage and outage["start"] <= at <= outage.get("end", float("inf")):
             phase = "outage"
@@ -417,7 +416,7 @@ def _schedule(plan: Plan) -> list[tuple[float, str]]:
 
 
 def _report(plan: Plan, workdir: Path, timeline: Timeline, outage: dict[str, float],
-            state: PrivateRedis, broker: PrivateRedis, chaos: Chaos,
+            weather_end: float, state: PrivateRedis, broker: PrivateRedis, chaos: Chaos,
             stored: list[dict[str, Any]], expected: set[str],
             worker_exits: list[dict[str, Any]]) -> dict[str, Any]:
     producers = [json.loads((workdir / f"producer-{k}.json").read_text(encoding="utf-8"))
@@ -474,12 +473,12 @@ def _report(plan: Plan, workdir: Path, timeline: Timeline, outage: dict[str, flo
                                       for d in downgrades],
                    "reads_back_after_s": round(back[0][0] - outage["end"], 2) if back else None},
         "zep": {"requests": len(requests), "by_status": statuses,
-                "writes": write_phases(requests, outage),
+                "writes": write_phases(requests, outage, weather_end),
                 "worker_duplicate_uuid_answers": duplicate_refusals},
         "circuit_opened": [
             {"at_s": round(_epoch(e) - timeline.started, 2), "reason": e.get("reason")}
             for e in _events(workdir / "worker.log", "memory_circuit_opened")],
-        "ledger": {"republished": _count_events(workdir / "worker.log", "zep_write_republished")},
+        "ledger": {"republished": len(_events(workdir / "worker.log", "zep_write_republished"))},
         "worker_exits_on_its_own": worker_exits,
         "timeline": timeline.events,
     }
@@ -555,10 +554,6 @@ def _epoch(event: dict[str, Any]) -> float:
 def answered(source: str, reason: str | None) -> bool:
     """A read that reached Zep (or its answer in a cache): reads are back, found or not."""
     return source in ("zep", "negative_cache") or (source, reason) == ("error", "not_found")
-
-
-def _count_events(log: Path, event: str) -> int:
-    return log.read_text(errors="replace").count(f'"event": "{event}"')
 
 
 def _events(log: Path, event: str) -> list[dict[str, Any]]:

@@ -52,8 +52,9 @@ def test_adds_are_tallied_by_the_phase_they_arrived_in() -> None:
                 add(30, None), {"method": "GET", "path": "/api/v2/sessions/t/memory",
                                 "time": 3, "status": 503},
                 {"method": "POST", "path": "/api/v2/sessions", "time": 4, "status": 503}]
-    phases = write_phases(requests, {"start": 10, "end": 12, "weather_end": 25})
+    phases = write_phases(requests, {"start": 10, "end": 12}, weather_end=25)
     assert phases == {"weather": {"200": 2, "503": 1}, "outage": {"503": 2},
                       "calm": {"None": 1}}
     # Before the weather ended, nothing is calm yet.
     assert write_phases(requests, {})["calm"] == {}
+    assert write_phases(requests, {})["weather"] == {"200": 2, "503": 3, "None": 1}
