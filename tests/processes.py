@@ -56,7 +56,7 @@ def end_process(proc: subprocess.Popen[bytes], timeout: float = 20) -> None:
         try:
             proc.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
-            _kill_group(proc.pid)
+            kill_group(proc.pid)
             proc.wait(timeout=10)
 
 
@@ -111,7 +111,7 @@ class SupervisedWorker:
         """kill -9 the master and its pool at once, as a host dies; then start anew."""
         with self._lock:
             assert self.proc is not None
-            _kill_group(self.proc.pid)
+            kill_group(self.proc.pid)
             self.proc.wait(timeout=10)
             self._start()
 
@@ -136,14 +136,15 @@ class SupervisedWorker:
             with self._lock:
                 if self._stopping.is_set() or self.proc is None or self.proc.poll() is None:
                     continue
-                _kill_group(self.proc.pid)  # pool processes the master left behind
+                kill_group(self.proc.pid)  # pool processes the master left behind
                 self.exits.append(self.proc.returncode)
                 if self.on_exit is not None:
                     self.on_exit(self.proc.returncode)
                 self._start()
 
 
-def _kill_group(pgid: int) -> None:
+def kill_group(pgid: int) -> None:
+    """kill -9 a process group (a worker's master and its pool), gone or not."""
     with contextlib.suppress(ProcessLookupError):
         os.killpg(pgid, signal.SIGKILL)
 

@@ -10,9 +10,6 @@ one-hour visibility timeout.
 from __future__ import annotations
 
 import dataclasses
-import os
-import signal
-import subprocess
 import time
 from pathlib import Path
 from typing import Any
@@ -30,7 +27,7 @@ from memory_worker.writer import Done, Writer
 from memory_worker.zep import ZepClient
 from memory_worker.zep_sim import Fault, ZepSimulator
 from tests.conftest import FakeClock
-from tests.processes import CELERY, ROOT, celery_process, wait_for, worker_args
+from tests.processes import celery_process, kill_group, wait_for, worker_args
 
 SLACK = 600.0
 
@@ -234,20 +231,13 @@ def test_retries_held_by_a_worker_killed_whole_come_back_without_the_visibility_
     sim.ensure_session("t-held")
     sim.add_fault(Fault(method="POST", path="*/sessions/*/memory", status=503))
     log = tmp_path / "worker.log"
-    with log.open("wb") as out:
-        worker = subprocess.Popen([CELERY, "-A", "memory_worker", *worker_args("held", 2)],
-                                  cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT,
-                                  start_new_session=True)
-    try:
+    with celery_process(worker_args("held", 2), env, log) as worker:
         for i in range(3):
             publisher.enqueue("t-held", "user", f"held {i}", f"held-{i}")
         wait_for(lambda: log.read_text().count("zep_write_retry") >= 3, 60, "three retries")
         assert conn.hlen("unacked") >= 1  # the worker holds them, waiting for their ETA
-        os.killpg(worker.pid, signal.SIGKILL)
+        kill_group(worker.pid)
         worker.wait(timeout=10)
-    finally:
-        if worker.poll() is None:
-            os.killpg(worker.pid, signal.SIGKILL)
     sim.clear_faults()
     with celery_process(worker_args("after", 2), env, tmp_path / "worker-2.log"), \
             celery_process(["beat", f"--schedule={tmp_path / 'beat'}"], env, tmp_path / "beat.log"):
