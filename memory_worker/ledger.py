@@ -151,13 +151,15 @@ class Ledger:
             verdict = int(reply[0])
             if verdict == 0:  # another sweep took it
                 continue
+            if verdict == 1:  # done, or its record expired: the script took it out
+                report.settled += 1
+                continue
             if verdict == 2:  # a worker is writing it right now
                 report.in_flight += 1
                 continue
-            record = _record(reply[1]) if verdict == 3 else None
-            if record is None:  # done, its record gone, or unreadable: out of the ledger
-                if verdict == 3:
-                    self.settle(client_msg_id)
+            record = _record(reply[1])
+            if record is None:  # unreadable: nothing to publish, take it out
+                self.settle(client_msg_id)
                 report.settled += 1
                 continue
             try:
