@@ -1,7 +1,15 @@
-"""What every command shares: settings, the Redis connection, and error reporting.
+"""What every command shares: settings, the Redis connection, the broker, and error reporting.
 
 Exit codes: 0 success, 1 an operational failure reported as one line on
-stderr (bad configuration, Redis unreachable), 2 a usage error (click's own).
+stderr (bad configuration, Redis or the broker unreachable, a port taken, a
+directory that cannot be used), 2 a usage error (click's own).
+
+A command acts on one deployment: the Redis of ``--redis-url`` (env
+``REDIS_URL``) and, for the commands that publish, the broker of
+``--broker-url`` (env ``CELERY_BROKER_URL``), which is that same Redis when
+neither is given (SPEC §3, §8). Publishing goes through a Celery app built
+from these settings, never through the process-wide app configured from the
+environment.
 """
 
 from __future__ import annotations
@@ -22,6 +30,7 @@ from memory_worker.errors import ConfigError, StateUnavailable
 from memory_worker.keys import Keys
 
 R = TypeVar("R")
+Send = Callable[[str, dict[str, Any]], None]
 
 
 class OperationalError(click.ClickException):
@@ -30,17 +39,20 @@ class OperationalError(click.ClickException):
     exit_code = 1
 
     def show(self, file: Any = None) -> None:
-        click.echo(f"memory-worker: error: {self.format_message()}", err=True)
+        message = " ".join(self.format_message().split())  # one line, whatever it quotes
+        click.echo(f"memory-worker: error: {message}", err=True)
 
 
 def redacted_url(url: str) -> str:
-    """The URL without its password, fit for an error message."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    host = parts.hostname or ""
-    netloc = f"{parts.username or ''}:***@{host}" + (f":{parts.port}" if parts.port else "")
-    return urlunsplit(parts._replace(netloc=netloc))
+    """The URL without its password, fit for an error message (also when it is malformed)."""
+    try:
+        parts = urlsplit(url)
+        if parts.password is None:
+            return url
+    except ValueError:
+        return "(a URL that cannot be parsed)"
+    userinfo, _, hostport = parts.netloc.rpartition("@")
+    return urlunsplit(parts._replace(netloc=f"{userinfo.partition(':')[0]}:***@{hostport}"))
 
 
 @dataclass
@@ -58,24 +70,50 @@ class Ops:
     def conn(self) -> redis.Redis:
         return redis_client(self.settings.redis_url)
 
+    @functools.cached_property
+    def send(self) -> Send:
+        """Publish ``memory.mirror_message`` to this deployment's broker, once."""
+        from memory_worker.celery_app import sender
+
+        return sender(self.settings)
+
+    @property
+    def broker(self) -> str:
+        """The broker's URL, fit for an error message."""
+        return redacted_url(self.settings.broker_url)
+
     def now(self) -> float:
         return self.clock()
 
 
-def load_settings(redis_url: str | None) -> Settings:
+def _port_problem(variable: str, url: str) -> ConfigError | None:
+    try:
+        _ = urlsplit(url).port  # raises for a port that is not a number in range
+    except ValueError as exc:
+        return ConfigError(variable, f"{exc} in {redacted_url(url)!r}")
+    return None
+
+
+def load_settings(redis_url: str | None, broker_url: str | None = None) -> Settings:
     try:
         settings = Settings.from_env()
-        return settings.with_redis_url(redis_url) if redis_url else settings
+        if redis_url:
+            settings = settings.with_redis_url(redis_url)
+        if broker_url:
+            settings = settings.with_broker_url(broker_url)
+        problem = (_port_problem("REDIS_URL", settings.redis_url)
+                   or _port_problem("CELERY_BROKER_URL", settings.broker_url))
+        if problem is not None:
+            raise problem
+        return settings
     except ConfigError as exc:
         raise OperationalError(f"configuration: {exc}") from None
 
 
-def operation(command: Callable[..., R]) -> Callable[..., R]:
-    """Give a command ``--redis-url``, an ``Ops`` as first argument, and one-line failures."""
-
+def _operation(command: Callable[..., R], *, publishes: bool) -> Callable[..., R]:
     def wrapper(ctx: click.Context, /, *args: Any, redis_url: str | None = None,
-                **kwargs: Any) -> R:
-        settings = load_settings(redis_url)
+                broker_url: str | None = None, **kwargs: Any) -> R:
+        settings = load_settings(redis_url, broker_url)
         obj = ctx.obj if isinstance(ctx.obj, dict) else {}
         ops = Ops(settings, obj.get("clock", system_clock))
         try:
@@ -85,8 +123,27 @@ def operation(command: Callable[..., R]) -> Callable[..., R]:
                 f"Redis at {redacted_url(settings.redis_url)} failed: "
                 f"{type(exc).__name__}: {exc}"
             ) from None
+        except OSError as exc:  # a file, directory or socket the command could not use
+            where = f" ({exc.filename})" if exc.filename else ""
+            raise OperationalError(f"{exc.strerror or type(exc).__name__}{where}") from None
 
     functools.update_wrapper(wrapper, command)
+    decorated = click.pass_context(wrapper)
+    if publishes:
+        decorated = click.option(
+            "--broker-url", envvar="CELERY_BROKER_URL", metavar="URL", default=None,
+            help="Broker to publish to (env CELERY_BROKER_URL; default: the Redis of "
+                 "--redis-url).")(decorated)
     option = click.option("--redis-url", envvar="REDIS_URL", metavar="URL", default=None,
                           help="Redis holding the shared state (env REDIS_URL).")
-    return option(click.pass_context(wrapper))
+    return option(decorated)
+
+
+def operation(command: Callable[..., R]) -> Callable[..., R]:
+    """Give a command ``--redis-url``, an ``Ops`` as first argument, and one-line failures."""
+    return _operation(command, publishes=False)
+
+
+def publishing_operation(command: Callable[..., R]) -> Callable[..., R]:
+    """``operation`` for a command that publishes tasks: ``--broker-url`` too (``Ops.send``)."""
+    return _operation(command, publishes=True)

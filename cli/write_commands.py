@@ -1,22 +1,28 @@
-"""Commands over the write path: the dead-letter queue and the local outbox."""
+"""Commands over the write path: the dead-letter queue and the local outbox.
+
+``dlq replay`` and ``spool drain`` publish to the broker of the deployment the
+command names (``Ops.send``: ``--broker-url``, else the Redis of ``--redis-url``).
+"""
 
 from __future__ import annotations
 
 import datetime
 import json
+from pathlib import Path
 
 import click
 
-from cli.common import OperationalError, Ops, operation
+from cli.common import OperationalError, Ops, operation, publishing_operation
 from memory_worker import dlq
-from memory_worker.enqueue import Publisher
 from memory_worker.ledger import Ledger
 from memory_worker.messages import message_uuid
-from memory_worker.runtime import send_mirror
+from memory_worker.spool import Outbox, Record
 
 
-def _publisher(ops: Ops) -> Publisher:
-    return Publisher(ops.settings, ops.conn, send_mirror, clock=ops.clock)
+def _publish(ops: Ops, record: Record) -> None:
+    """Publish one stored record (dead letter, outbox line) as the mirror task; raises when
+    the broker does not take it."""
+    ops.send(str(record["task_id"]), {"payload": record["payload"]})
 
 
 @click.group("dlq")
@@ -51,24 +57,26 @@ def dlq_list(ops: Ops, as_json: bool, limit: int | None) -> None:
 
 
 @dlq_group.command("replay")
-@operation
+@publishing_operation
 def dlq_replay(ops: Ops) -> None:
     """Republish every entry (bypassing the duplicate check), removing each once published."""
-    publisher = _publisher(ops)
     ledger = Ledger(ops.conn, ops.keys, ops.settings.redeliver_after_seconds)
 
     def publish(entry: dlq.DeadLetter) -> None:
         record = {"task_id": message_uuid(entry.client_msg_id), "payload": entry.payload}
         ledger.record(entry.client_msg_id, record, ops.now())  # on its way again
-        publisher.publish(record)
+        _publish(ops, record)
 
     report = dlq.replay(ops.conn, ops.keys, publish)
     if report.busy:
         raise OperationalError("another replay is running")
     click.echo(f"Replayed {report.replayed}, unreadable {report.unreadable}, "
                f"remaining {report.remaining}")
+    if report.error == "lock_lost":
+        raise OperationalError("replay stopped early: another replay took over its lock")
     if report.error:
-        raise OperationalError(f"replay stopped early: {report.error}")
+        raise OperationalError(f"replay stopped early: the broker at {ops.broker} did not "
+                               f"take a task ({report.error})")
 
 
 @dlq_group.command("purge")
@@ -87,13 +95,21 @@ def spool_group() -> None:
 
 
 @spool_group.command("drain")
-@operation
+@publishing_operation
 def spool_drain(ops: Ops) -> None:
     """Publish the outbox of MEMORY_SPOOL_DIR to the broker, oldest first."""
-    report = _publisher(ops).drain()
+    directory = ops.settings.spool_dir
+    if Path(directory).exists() and not Path(directory).is_dir():
+        raise OperationalError(f"MEMORY_SPOOL_DIR {directory} is not a directory")
+    try:
+        report = Outbox(directory).drain(lambda record: _publish(ops, record))
+    except OSError as exc:
+        raise OperationalError(f"MEMORY_SPOOL_DIR {directory} cannot be used: "
+                               f"{exc.strerror or type(exc).__name__}") from None
     if report.busy:
         raise OperationalError("another drain is running")
     click.echo(f"Published {report.published}, corrupt {report.corrupt}, "
                f"remaining {report.remaining}")
     if report.error:
-        raise OperationalError(f"drain stopped: the broker refused ({report.error})")
+        raise OperationalError(f"drain stopped: the broker at {ops.broker} did not take a "
+                               f"task ({report.error})")
