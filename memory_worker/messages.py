@@ -10,13 +10,13 @@ duplicate-uuid refusal turns a second write into a no-op.
 from __future__ import annotations
 
 import json
-import re
 import uuid
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
 
 from memory_worker.errors import InvalidMessage
+from memory_worker.ids import ID_RULE, is_valid_id
 from memory_worker.zep import OutgoingMessage
 
 ROLES: tuple[str, ...] = ("user", "assistant", "system", "tool")
@@ -28,7 +28,6 @@ PAYLOAD_VERSION = 1
 
 # Fixed forever: changing it would give already-written messages new uuids.
 _NAMESPACE = uuid.UUID("5b0a3a0e-7c2f-4d1e-9a52-3f6a1c8e2d41")
-_ID = re.compile(r"[A-Za-z0-9._:@-]{1,256}")
 
 
 @dataclass(frozen=True)
@@ -67,8 +66,8 @@ def validate(thread_id: object, role: object, content: object, client_msg_id: ob
              user_id: object = None, metadata: object = None, *,
              max_content_chars: int) -> None:
     """Raise ``InvalidMessage`` naming the first bad field; return when all are good."""
-    if not isinstance(thread_id, str) or not _ID.fullmatch(thread_id) or thread_id in (".", ".."):
-        raise InvalidMessage("thread_id", "must match [A-Za-z0-9._:@-]{1,256}")
+    if not is_valid_id(thread_id):
+        raise InvalidMessage("thread_id", ID_RULE)
     if role not in ROLES:
         raise InvalidMessage("role", f"must be one of {', '.join(ROLES)}; got {role!r}")
     if not isinstance(client_msg_id, str) or not client_msg_id:
@@ -88,15 +87,14 @@ def validate(thread_id: object, role: object, content: object, client_msg_id: ob
         content.encode("utf-8")
     except UnicodeEncodeError:
         raise InvalidMessage("content", "is not encodable as UTF-8 (lone surrogate)") from None
-    if user_id is not None and (
-        not isinstance(user_id, str) or not _ID.fullmatch(user_id) or user_id in (".", "..")
-    ):
-        raise InvalidMessage("user_id", "must match [A-Za-z0-9._:@-]{1,256}")
+    if user_id is not None and not is_valid_id(user_id):
+        raise InvalidMessage("user_id", ID_RULE)
     if metadata is not None:
-        _check_metadata(metadata)
+        check_metadata(metadata)
 
 
-def _check_metadata(metadata: object) -> None:
+def check_metadata(metadata: object, *, after: str = "") -> None:
+    """A JSON object of at most 16 KB; ``after`` names what changed it, for the error."""
     if not isinstance(metadata, dict):
         raise InvalidMessage("metadata", f"must be a JSON object, got {type(metadata).__name__}")
     try:
@@ -104,7 +102,7 @@ def _check_metadata(metadata: object) -> None:
     except (TypeError, ValueError, UnicodeEncodeError) as exc:
         raise InvalidMessage("metadata", f"is not JSON: {exc}") from None
     if len(encoded) > MAX_METADATA_BYTES:
-        raise InvalidMessage("metadata", f"larger than 16 KB ({len(encoded)} bytes)")
+        raise InvalidMessage("metadata", f"larger than 16 KB{after} ({len(encoded)} bytes)")
 
 
 def message_uuid(client_msg_id: str, chunk: int = 0, chunks: int = 1) -> str:

@@ -16,7 +16,6 @@ latency sample together.
 from __future__ import annotations
 
 import logging
-import re
 import time
 import uuid
 from collections.abc import Callable, Generator
@@ -29,6 +28,7 @@ from memory_worker.config import Settings
 from memory_worker.errors import InvalidRequest
 from memory_worker.fallback import LocalGuard
 from memory_worker.guard import Decision, Guard, ScriptCall
+from memory_worker.ids import ID_RULE, is_valid_id
 from memory_worker.keys import VIEWS, Keys
 from memory_worker.logs import log_event
 from memory_worker.modes import ForcedRecord, Mode, base_mode, effective_mode, parse_forced
@@ -36,7 +36,6 @@ from memory_worker.zep import Failure, Memory, ReadResult, Reason
 
 log = logging.getLogger("memory_worker.reader")
 
-_THREAD_ID = re.compile(r"[A-Za-z0-9._:@-]{1,256}")
 SUMMARY_MESSAGES = 4
 LATENCY_WINDOW_MS = 30_000
 LATENCY_MIN_SAMPLES = 5
@@ -129,8 +128,8 @@ Flow = Generator[Step, Any, Result]
 
 
 def check_request(thread_id: object, view: object) -> None:
-    if not isinstance(thread_id, str) or not _THREAD_ID.fullmatch(thread_id):
-        raise InvalidRequest("thread_id must match [A-Za-z0-9._:@-]{1,256}")
+    if not is_valid_id(thread_id):
+        raise InvalidRequest(f"thread_id {ID_RULE}")
     if view not in VIEWS:
         raise InvalidRequest(f"view must be one of {', '.join(VIEWS)}; got {view!r}")
 

@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import enum
 import logging
-import re
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -50,12 +49,12 @@ from zep_python.types import Memory as SdkMemory
 
 from memory_worker.config import Settings
 from memory_worker.errors import ConfigError, InvalidRequest
+from memory_worker.ids import ID_RULE, is_valid_id
 from memory_worker.logs import log_event
 from memory_worker.zep_http import Call, Clients, acall, call_on_pool, parse_retry_after
 
 log = logging.getLogger("memory_worker.zep")
 
-_ID = re.compile(r"[A-Za-z0-9._:@-]{1,256}")
 _T = TypeVar("_T")
 _R = TypeVar("_R")
 _F = TypeVar("_F")
@@ -125,8 +124,8 @@ WriteResult = Written | Failure
 
 def check_id(value: object, name: str = "session_id") -> str:
     """``value`` when it is safe in a URL path; else ``InvalidRequest`` naming ``name``."""
-    if not isinstance(value, str) or not _ID.fullmatch(value) or value in (".", ".."):
-        raise InvalidRequest(f"{name} must match [A-Za-z0-9._:@-]{{1,256}}")
+    if not is_valid_id(value):
+        raise InvalidRequest(f"{name} {ID_RULE}")
     return value
 
 
