@@ -29,14 +29,20 @@ def invalidate(ops: Ops, thread_id: str) -> None:
 @operation
 def probe(ops: Ops) -> None:
     """Run the recovery probe once, now (does nothing unless a hold is over)."""
-    try:
-        zep = ZepClient.from_settings(ops.settings)
-    except ConfigError as exc:
-        raise OperationalError(f"configuration: {exc}") from None
+    built: list[ZepClient] = []
+
+    def zep() -> ZepClient:  # only when a request is due: a probe with nothing to do needs no Zep
+        try:
+            built.append(ZepClient.from_settings(ops.settings))
+        except ConfigError as exc:
+            raise OperationalError(f"configuration: {exc}") from None
+        return built[-1]
+
     try:
         report = Prober(ops.conn, ops.settings, zep, clock=ops.clock, keys=ops.keys).run()
     finally:
-        zep.close()
+        for client in built:
+            client.close()
     click.echo(f"Probe: {report.result.value} ({report.detail})")
     if report.result is ProbeResult.FAILURE and report.record is not None:
         click.echo(f"Forced mode: {report.record.mode} (reason={report.record.reason}, "

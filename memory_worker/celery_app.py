@@ -143,7 +143,11 @@ def sender(settings: Settings) -> Callable[[str, dict[str, Any]], None]:
     return send
 
 
-app = Celery("memory_worker", include=["tasks.probe", "tasks.mirror", "tasks.sweep"])
+# A library must not change its host's Celery defaults: not the current app (the host's
+# `@shared_task` would land on memory_writes), and no fix-ups (Django's makes an app
+# the default one). `celery -A memory_worker worker|beat` makes it current in its own processes.
+app = Celery("memory_worker", include=["tasks.probe", "tasks.mirror", "tasks.sweep"],
+             set_as_current=False, fixups=[])
 app.add_defaults(_configuration)
 
 # Pool processes clear and mark their metric files (prometheus_client multiprocess mode).

@@ -19,6 +19,7 @@ from memory_worker.errors import ConfigError
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off"}
 _LOG_FORMATS = ("json", "console")
+ZEP_API_VERSIONS = ("v2", "v4")
 
 
 def _boolean(raw: str) -> bool:
@@ -87,6 +88,7 @@ class Settings:
 
     flag_zep_write: bool = False
     flag_zep_read: bool = False
+    zep_api_version: str = "v2"
     zep_api_url: str | None = None
     zep_api_key: str | None = dataclasses.field(default=None, repr=False)
     zep_timeout_ms: int = 1500
@@ -96,7 +98,7 @@ class Settings:
     downgrade_window_seconds: int = 60
     downgrade_hold_seconds: int = 300
     downgrade_hold_max_seconds: int = 3600
-    latency_downgrade_ms: int = 300
+    latency_downgrade_ms: int = 200
     disable_auto_downgrade: bool = False
     probe_interval_seconds: int = 10
     cache_ttl_seconds: int = 30
@@ -107,6 +109,7 @@ class Settings:
     redact_address: bool = False
     max_content_chars: int = 100_000
     write_max_retries: int = 12
+    write_max_age_seconds: int = 86_400
     broker_visibility_timeout_seconds: int = 3600
     redeliver_after_seconds: int = 600
     redis_url: str = "redis://127.0.0.1:6379/0"
@@ -149,6 +152,13 @@ class Settings:
             raise ConfigError("REDIS_URL", str(exc)) from None
         return dataclasses.replace(self, redis_url=parsed)
 
+    def with_broker_url(self, url: str) -> Settings:
+        try:
+            parsed = _url(*_BROKER_SCHEMES)(url)
+        except ValueError as exc:
+            raise ConfigError("CELERY_BROKER_URL", str(exc)) from None
+        return dataclasses.replace(self, celery_broker_url=parsed)
+
     def validate(self) -> None:
         """Cross-field rules; single fields were checked while parsing."""
         if self.flag_zep_write or self.flag_zep_read:
@@ -161,6 +171,13 @@ class Settings:
             raise ConfigError(
                 "MEMORY_DOWNGRADE_HOLD_MAX_SECONDS",
                 f"must be at least MEMORY_DOWNGRADE_HOLD_SECONDS ({self.downgrade_hold_seconds})",
+            )
+        if 0 < self.read_timeout_ms <= self.latency_downgrade_ms:
+            # A read never takes longer than its budget: such a threshold could never fire.
+            raise ConfigError(
+                "MEMORY_LATENCY_DOWNGRADE_MS",
+                f"must be below MEMORY_READ_TIMEOUT_MS ({self.read_timeout_ms}), or 0 to disable; "
+                f"got {self.latency_downgrade_ms}",
             )
 
     def describe(self) -> dict[str, object]:
@@ -183,6 +200,7 @@ _OPTIONAL_WHEN_EMPTY = frozenset(
 _VARIABLES: dict[str, tuple[str, Callable[[str], Any]]] = {
     "FLAG_ZEP_WRITE": ("flag_zep_write", _boolean),
     "FLAG_ZEP_READ": ("flag_zep_read", _boolean),
+    "ZEP_API_VERSION": ("zep_api_version", _choice(*ZEP_API_VERSIONS)),
     "ZEP_API_URL": ("zep_api_url", _url("http", "https")),
     "ZEP_API_KEY": ("zep_api_key", _text),
     "ZEP_TIMEOUT_MS": ("zep_timeout_ms", _integer(1)),
@@ -203,6 +221,7 @@ _VARIABLES: dict[str, tuple[str, Callable[[str], Any]]] = {
     "MEMORY_REDACT_ADDRESS": ("redact_address", _boolean),
     "MEMORY_MAX_CONTENT_CHARS": ("max_content_chars", _integer(1)),
     "MEMORY_WRITE_MAX_RETRIES": ("write_max_retries", _integer(0)),
+    "MEMORY_WRITE_MAX_AGE_SECONDS": ("write_max_age_seconds", _integer(1)),
     "MEMORY_BROKER_VISIBILITY_TIMEOUT_SECONDS": ("broker_visibility_timeout_seconds", _integer(1)),
     "MEMORY_REDELIVER_AFTER_SECONDS": ("redeliver_after_seconds", _integer(1)),
     "REDIS_URL": ("redis_url", _url(*_REDIS_SCHEMES)),

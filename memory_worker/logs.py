@@ -1,8 +1,10 @@
 """Event logs: one JSON line per event on stderr, or a console line (SPEC §10).
 
 The ``memory_worker`` logger gets its own handler and does not propagate, so
-Celery's root-logger set-up neither removes nor duplicates it. The format is
-read from ``MEMORY_LOG_FORMAT`` when the first line is written, not at import.
+Celery's root-logger set-up neither removes nor duplicates it. The format
+(``MEMORY_LOG_FORMAT``) comes from ``Settings`` like every other variable: when
+the first line is written, not at import, unless a process set it first with
+``use_format`` (``runtime.configure`` does, from the settings it is given).
 Fields that could carry message content or a secret are withheld here, the
 last line of defence behind the callers' own care.
 """
@@ -12,7 +14,6 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import os
 import sys
 import time
 from typing import Any
@@ -59,6 +60,22 @@ class ConsoleFormatter(logging.Formatter):
         return f"{stamp} {record.levelname:<7} {record.getMessage()} {pairs}".rstrip()
 
 
+def _formatter(name: str) -> logging.Formatter:
+    return ConsoleFormatter() if name == "console" else JsonFormatter()
+
+
+def _configured_format() -> str:
+    """``MEMORY_LOG_FORMAT`` as ``Settings`` validated it; JSON when the environment is bad
+    (the process is about to stop on that error, which it reports itself)."""
+    from memory_worker.config import Settings
+    from memory_worker.errors import ConfigError
+
+    try:
+        return Settings.from_env().log_format
+    except ConfigError:
+        return "json"
+
+
 class _LazyFormatter(logging.Formatter):
     """Chooses JSON or console on first use, so importing reads no environment."""
 
@@ -66,10 +83,12 @@ class _LazyFormatter(logging.Formatter):
         super().__init__()
         self._delegate: logging.Formatter | None = None
 
+    def use(self, name: str) -> None:
+        self._delegate = _formatter(name)
+
     def format(self, record: logging.LogRecord) -> str:
         if self._delegate is None:
-            wanted = os.environ.get("MEMORY_LOG_FORMAT", "json").strip().lower()
-            self._delegate = ConsoleFormatter() if wanted == "console" else JsonFormatter()
+            self._delegate = _formatter(_configured_format())
         return self._delegate.format(record)
 
 
@@ -82,6 +101,13 @@ class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
     def emit(self, record: logging.LogRecord) -> None:
         self.stream = sys.__stderr__
         super().emit(record)
+
+
+def use_format(name: str) -> None:
+    """Write this process's lines as ``name``: ``json`` or ``console`` (validated by Settings)."""
+    for handler in logging.getLogger(ROOT_LOGGER).handlers:
+        if isinstance(handler, _StderrHandler) and isinstance(handler.formatter, _LazyFormatter):
+            handler.formatter.use(name)
 
 
 def install() -> logging.Logger:

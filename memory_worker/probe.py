@@ -10,6 +10,10 @@ lock and sends one request within ``MEMORY_PROBE_TIMEOUT_MS``:
   count and the hold exponent are reset;
 - otherwise: the evaluated record is replaced by a ``probe_failed`` one with an
   escalated hold (``guard.escalated_hold``), again only if nobody changed it.
+
+A probe with nothing to do does nothing: the Zep client is built only when a
+request is about to be sent, so a deployment with both flags off and no
+``ZEP_API_URL`` runs beat's probe every interval without an error.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from __future__ import annotations
 import enum
 import logging
 import secrets
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import redis
@@ -67,8 +72,10 @@ class ProbeReport:
 
 
 class Prober:
-    def __init__(self, conn: redis.Redis, settings: Settings, zep: ZepClient, *,
+    def __init__(self, conn: redis.Redis, settings: Settings,
+                 zep: ZepClient | Callable[[], ZepClient], *,
                  clock: Clock, keys: Keys | None = None) -> None:
+        """``zep`` may be a factory: it is called only when a request is due."""
         self._conn = conn
         self._settings = settings
         self._zep = zep
@@ -80,6 +87,10 @@ class Prober:
         raw, record = self._due()
         if raw is None or record is None:
             return ProbeReport(ProbeResult.SKIPPED, "no forced record past its hold")
+        if not (self._settings.zep_api_url and self._settings.zep_api_key):
+            # Only possible with both flags off (Settings requires both otherwise):
+            # there are no reads to restore.
+            return ProbeReport(ProbeResult.SKIPPED, "Zep is not configured")
         token = secrets.token_hex(8)
         lock_ms = max(2 * self._settings.probe_timeout_ms, 1000)
         if not self._conn.set(self._keys.probe_lock, token, nx=True, px=lock_ms):
@@ -104,7 +115,8 @@ class Prober:
 
     def _probe(self, raw: str, record: ForcedRecord) -> ProbeReport:
         budget = self._settings.probe_timeout_ms / 1000
-        outcome = self._zep.get_memory(PROBE_SESSION, 1, budget)
+        zep = self._zep if isinstance(self._zep, ZepClient) else self._zep()
+        outcome = zep.get_memory(PROBE_SESSION, 1, budget)
         if isinstance(outcome, Failure) and outcome.reason is not Reason.NOT_FOUND:
             return self._reforce(raw, record, outcome.reason.value)
         return self._restore(raw, record)

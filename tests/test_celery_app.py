@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import subprocess
+import sys
 from pathlib import Path
 
 import redis
@@ -87,3 +88,45 @@ def test_a_real_beat_publishes_the_probe_on_the_control_queue(
         wait_for(lambda: conn.llen(CONTROL_QUEUE) >= 2, 30, "two probes on memory_control")
     assert conn.llen(WRITE_QUEUE) == 0
     assert "memory.probe_recovery" in (tmp_path / "beat.log").read_text()
+
+
+_HOST_PROJECT = """
+import sys
+from celery import Celery, current_app, shared_task
+from celery._state import default_app
+
+order = sys.argv[1]
+if order == "library-first":
+    import memory_worker  # noqa: F401
+host = Celery("host_project", broker="memory://")
+if order == "host-first":
+    import memory_worker  # noqa: F401, E402
+
+@shared_task(name="host.add")
+def add(x, y):
+    return x + y
+
+print(add.app.main, current_app.main, default_app.main if default_app else None)
+"""
+
+
+def test_importing_the_library_leaves_the_hosts_celery_app_current(tmp_path: Path) -> None:
+    """A host's ``@shared_task`` goes through the host's app, whichever is imported first."""
+    script = tmp_path / "host.py"
+    script.write_text(_HOST_PROJECT)
+    for order in ("host-first", "library-first"):
+        out = subprocess.run([sys.executable, str(script), order], cwd=ROOT, capture_output=True,
+                             text=True, check=True, env=project_env("redis://127.0.0.1:1/0"))
+        bound, current, default = out.stdout.split()
+        assert (bound, current) == ("host_project", "host_project"), (order, out.stdout)
+        assert default != "memory_worker", order
+
+
+def test_importing_the_library_alone_does_not_make_its_app_current(tmp_path: Path) -> None:
+    """Without a host app, Celery's fallback app stays current, not the library's."""
+    out = subprocess.run(
+        [sys.executable, "-c",
+         "import memory_worker; from celery import current_app; print(current_app.main)"],
+        cwd=ROOT, capture_output=True, text=True, check=True,
+        env=project_env("redis://127.0.0.1:1/0"))
+    assert out.stdout.strip() != "memory_worker"

@@ -10,6 +10,7 @@ from memory_worker.errors import ConfigError
 BAD_VALUES = {
     "FLAG_ZEP_WRITE": "maybe",
     "FLAG_ZEP_READ": "2",
+    "ZEP_API_VERSION": "v3",
     "ZEP_API_URL": "ftp://zep.example",
     "ZEP_API_KEY": "   ",
     "ZEP_TIMEOUT_MS": "fast",
@@ -30,6 +31,7 @@ BAD_VALUES = {
     "MEMORY_REDACT_ADDRESS": "1.0",
     "MEMORY_MAX_CONTENT_CHARS": "1e5",
     "MEMORY_WRITE_MAX_RETRIES": "-1",
+    "MEMORY_WRITE_MAX_AGE_SECONDS": "0",
     "MEMORY_BROKER_VISIBILITY_TIMEOUT_SECONDS": "0",
     "MEMORY_REDELIVER_AFTER_SECONDS": "soon",
     "REDIS_URL": "localhost:6379",
@@ -49,11 +51,12 @@ def test_defaults_match_the_contract() -> None:
     assert (s.zep_timeout_ms, s.read_timeout_ms, s.probe_timeout_ms) == (1500, 250, 150)
     assert (s.downgrade_threshold, s.downgrade_window_seconds) == (3, 60)
     assert (s.downgrade_hold_seconds, s.downgrade_hold_max_seconds) == (300, 3600)
-    assert s.latency_downgrade_ms == 300 and s.disable_auto_downgrade is False
+    assert s.latency_downgrade_ms == 200 and s.disable_auto_downgrade is False
     assert s.probe_interval_seconds == 10
     assert (s.cache_ttl_seconds, s.negative_cache_ttl_seconds, s.recent_lastn) == (30, 3, 12)
     assert (s.redact_email, s.redact_phone, s.redact_address) == (True, True, False)
     assert (s.max_content_chars, s.write_max_retries) == (100_000, 12)
+    assert s.write_max_age_seconds == 86_400 and s.zep_api_version == "v2"
     assert (s.broker_visibility_timeout_seconds, s.redeliver_after_seconds) == (3600, 600)
     assert s.redis_url == "redis://127.0.0.1:6379/0" and s.broker_url == s.redis_url
     assert (s.key_prefix, s.spool_dir, s.log_format) == ("mem:", "./var/spool", "json")
@@ -98,6 +101,34 @@ def test_hold_cap_below_base_hold_is_refused() -> None:
         Settings.from_env({"MEMORY_DOWNGRADE_HOLD_SECONDS": "600",
                            "MEMORY_DOWNGRADE_HOLD_MAX_SECONDS": "300"})
     assert info.value.variable == "MEMORY_DOWNGRADE_HOLD_MAX_SECONDS"
+
+
+@pytest.mark.parametrize(("threshold", "budget"), [("250", None), ("300", None), ("400", "400")])
+def test_a_latency_threshold_the_budget_cannot_reach_is_refused(
+        threshold: str, budget: str | None) -> None:
+    """A read never outlasts MEMORY_READ_TIMEOUT_MS: a threshold at or above it never fires."""
+    env = {"MEMORY_LATENCY_DOWNGRADE_MS": threshold}
+    if budget is not None:
+        env["MEMORY_READ_TIMEOUT_MS"] = budget
+    with pytest.raises(ConfigError) as info:
+        Settings.from_env(env)
+    assert info.value.variable == "MEMORY_LATENCY_DOWNGRADE_MS"
+    assert "MEMORY_READ_TIMEOUT_MS" in info.value.problem
+
+
+def test_a_latency_threshold_below_the_budget_or_zero_is_accepted() -> None:
+    """249 of 250 ms can fire; 0 disables the rule whatever the budget."""
+    assert Settings.from_env({"MEMORY_LATENCY_DOWNGRADE_MS": "249"}).latency_downgrade_ms == 249
+    assert Settings.from_env({"MEMORY_LATENCY_DOWNGRADE_MS": "0",
+                              "MEMORY_READ_TIMEOUT_MS": "50"}).latency_downgrade_ms == 0
+    assert Settings.from_env({"MEMORY_READ_TIMEOUT_MS": "500",
+                              "MEMORY_LATENCY_DOWNGRADE_MS": "450"}).read_timeout_ms == 500
+
+
+def test_zep_api_version_accepts_v2_and_v4() -> None:
+    """ZEP_API_VERSION picks the Zep API: v2 (default) or v4, any case."""
+    assert Settings.from_env({"ZEP_API_VERSION": "V4"}).zep_api_version == "v4"
+    assert Settings.from_env({"ZEP_API_VERSION": "v2"}).zep_api_version == "v2"
 
 
 def test_secrets_never_appear_in_repr_errors_or_description() -> None:

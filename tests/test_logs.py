@@ -45,13 +45,41 @@ def test_fields_that_could_leak_content_or_secrets_are_withheld(field: str) -> N
 def test_the_format_is_chosen_from_the_environment_at_first_use(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """Importing reads nothing; the first line written reads MEMORY_LOG_FORMAT."""
+    """Importing reads nothing; the first line written reads MEMORY_LOG_FORMAT via Settings."""
     monkeypatch.setenv("MEMORY_LOG_FORMAT", "console")
     formatter = logs._LazyFormatter()
     assert not formatter.format(_record("e", a=1)).startswith("{")
     monkeypatch.setenv("MEMORY_LOG_FORMAT", "json")
     assert not formatter.format(_record("e", a=1)).startswith("{")  # chosen once per process
     assert logs._LazyFormatter().format(_record("e", a=1)).startswith("{")
+
+
+def test_an_invalid_format_falls_back_to_json_and_is_refused_by_settings(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """MEMORY_LOG_FORMAT=xml is not silently console: Settings refuses it, lines stay JSON."""
+    from memory_worker.config import Settings
+    from memory_worker.errors import ConfigError
+
+    monkeypatch.setenv("MEMORY_LOG_FORMAT", " Console ")
+    assert not logs._LazyFormatter().format(_record("e")).startswith("{")  # parsed as Settings does
+    monkeypatch.setenv("MEMORY_LOG_FORMAT", "xml")
+    assert logs._LazyFormatter().format(_record("e")).startswith("{")
+    with pytest.raises(ConfigError, match="MEMORY_LOG_FORMAT"):
+        Settings.from_env()
+
+
+def test_use_format_sets_the_format_of_the_installed_handler() -> None:
+    """A process configured from explicit settings writes in their format."""
+    logger = logs.install()
+    handler = next(h for h in logger.handlers if isinstance(h, logs._StderrHandler))
+    try:
+        logs.use_format("console")
+        assert not handler.format(_record("e", a=1)).startswith("{")
+        logs.use_format("json")
+        assert handler.format(_record("e", a=1)).startswith("{")
+    finally:
+        logs.use_format("json")
 
 
 def test_install_is_idempotent_and_does_not_propagate() -> None:

@@ -195,3 +195,25 @@ def test_the_invalidate_command_deletes_the_three_views(
     assert conn.exists(*keys.contexts("t-9")) == 0
     bad = CliRunner().invoke(cli, ["invalidate", "../etc"], obj={"clock": clock})
     assert bad.exit_code == 2
+
+
+@pytest.mark.parametrize("forced", [False, True])
+def test_beat_probe_with_both_flags_off_and_no_zep_does_nothing(
+    conn: redis.Redis, redis_url: str, clock: FakeClock, monkeypatch: pytest.MonkeyPatch,
+    forced: bool,
+) -> None:
+    """Flags off, no ZEP_API_URL: each beat tick's probe is a quiet no-op, not a ConfigError."""
+    from memory_worker import runtime
+    from tasks.probe import probe_recovery
+
+    settings = Settings(redis_url=redis_url)  # SPEC §3 defaults: both flags off, no Zep
+    if forced:
+        force(conn, settings, clock, hold=1)
+        clock.advance(5)  # the hold is over: a probe would be due if Zep were there
+    monkeypatch.setattr(runtime, "_default", runtime._default)
+    runtime.configure(settings, clock=clock)
+
+    result = probe_recovery()
+
+    assert result["result"] == ProbeResult.SKIPPED.value
+    assert (conn.get(Keys().forced) is not None) is forced  # nothing was changed
