@@ -2,15 +2,26 @@
 
 Order matters: validation first (nothing is published for bad input), then
 the mode gate, then redaction (no email or phone number reaches the broker),
-then the duplicate check (``SET NX`` on ``mem:write:enqueued:{client_msg_id}``),
-then the publish. When the broker cannot be reached the message is appended
-to the local outbox (fsync'd) and a background thread of this process drains
-it as soon as the broker answers; ``memory-worker spool drain`` does the same
-by hand. A broker that just failed is not tried again for a few seconds, so an
-outage costs each enqueue a disk append, not a connection timeout.
+then the duplicate check (``SET NX`` on ``mem:write:enqueued:{client_msg_id}``,
+together with the delivery-ledger entry), then the publish. When the broker
+cannot be reached the message is appended to the local outbox (fsync'd) and a
+background thread of this process drains it as soon as the broker answers;
+``memory-worker spool drain`` does the same by hand. A broker that just failed
+is not tried again for a few seconds, so an outage costs each enqueue a disk
+append, not a connection timeout.
 
-A Redis that cannot answer the duplicate check does not stop the message: the
-worker's done-marker and Zep's uuid check keep the write single anyway.
+The duplicate check and the ledger entry are never skipped. The enqueue path
+has a Redis client of its own (``ENQUEUE_REDIS_TIMEOUT_S``, one retry: a pause
+of Redis is waited out, a web handler is still never held for long). When
+Redis does not answer, the message goes to the outbox marked ``unchecked``
+and ``spooled=True`` says so; the drain makes the check and the entry before
+it publishes such a record, drops it when it proves a duplicate, and waits
+(keeping the order) while Redis is still away.
+
+The drainer thread hands over without a gap: ``_spooling`` and ``_drainer``
+change only under ``_drainer_lock``, and the drainer ends only after seeing,
+under that lock, that nothing was spooled since its last drain; an enqueue
+that spools afterwards finds no drainer and starts one.
 """
 
 from __future__ import annotations
@@ -24,6 +35,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import redis
+from redis.backoff import ExponentialBackoff
+from redis.retry import Retry
 
 from memory_worker import metrics
 from memory_worker.clock import Clock
@@ -32,7 +45,7 @@ from memory_worker.errors import OutboxUnavailable
 from memory_worker.keys import Keys
 from memory_worker.ledger import Ledger
 from memory_worker.logs import log_event
-from memory_worker.messages import Payload, message_uuid, validate
+from memory_worker.messages import Payload, check_metadata, message_uuid, validate
 from memory_worker.modes import base_mode
 from memory_worker.redaction import RedactionCounts, Redactor
 from memory_worker.spool import DrainReport, Outbox, Record
@@ -41,6 +54,11 @@ log = logging.getLogger("memory_worker.enqueue")
 
 ENQUEUED_MARKER_TTL_S = 24 * 3600
 BROKER_BACKOFF_S = 5.0
+# Long enough to wait out a pause of Redis (a fork for a snapshot, a failover), short
+# enough that a web handler is not held: at most two tries of this, then the outbox.
+ENQUEUE_REDIS_TIMEOUT_S = 1.0
+REDIS_BACKOFF_S = 2.0  # after Redis failed, enqueues go straight to the outbox this long
+UNCHECKED = "unchecked"  # an outbox record whose duplicate check and ledger entry are owed
 DRAIN_INTERVALS_S = (1.0, 2.0, 5.0, 10.0, 30.0)
 
 Send = Callable[[str, dict[str, Any]], None]
@@ -53,6 +71,16 @@ class EnqueueResult:
     skipped: bool = False
     spooled: bool = False
     redactions: dict[str, int] = field(default_factory=dict)
+
+
+def enqueue_redis(url: str) -> redis.Redis:
+    """The enqueue path's Redis client: bounded timeouts, one retry after a short pause."""
+    return redis.Redis.from_url(
+        url, decode_responses=True, socket_timeout=ENQUEUE_REDIS_TIMEOUT_S,
+        socket_connect_timeout=ENQUEUE_REDIS_TIMEOUT_S / 2,
+        retry=Retry(ExponentialBackoff(cap=0.1, base=0.02), 1),
+        health_check_interval=30,
+    )
 
 
 class Publisher:
@@ -71,12 +99,13 @@ class Publisher:
                                 redact_phone=settings.redact_phone,
                                 redact_address=settings.redact_address)
         self._broker_down_until = 0.0
+        self._redis_down_until = 0.0
         self._drainer: threading.Thread | None = None
         self._drainer_lock = threading.Lock()
         # While older messages wait in the outbox, new ones queue behind them, in order.
-        self._spooling = self._outbox.pending() > 0
-        if self._spooling:
-            self._start_drainer()
+        self._spooling = False
+        if self._outbox.pending() > 0:
+            self._spooled()
 
     @property
     def outbox(self) -> Outbox:
@@ -95,15 +124,24 @@ class Publisher:
 
         redacted = self._redact(content)
         counts = _counts(redacted["redactions"])
-        clean_metadata = self._redact_tree(metadata, counts) if metadata is not None else None
+        clean_metadata = None
+        if metadata is not None:
+            clean_metadata = self._redact_tree(metadata, counts)
+            # Placeholders can be longer than what they replace: check what is published,
+            # so the worker never refuses a message this call accepted.
+            check_metadata(clean_metadata, after=" after redaction")
         payload = Payload(thread_id=thread_id, role=role, content=redacted["text"],
                           client_msg_id=client_msg_id, user_id=user_id,
                           metadata=clean_metadata, enqueued_at=self._clock())
 
-        record = {"task_id": task_id, "payload": payload.to_json()}
-        if not self._first_enqueue(client_msg_id, record):
+        record: Record = {"task_id": task_id, "payload": payload.to_json()}
+        first = self._first_enqueue(client_msg_id, record)
+        if first is False:
             metrics.safe_inc(metrics.write_skipped, reason="duplicate")
             return EnqueueResult(task_id=task_id, duplicate=True, redactions=counts)
+        if first is None:  # Redis did not answer: the check is owed, the outbox keeps it
+            self._spool({**record, UNCHECKED: True})
+            return EnqueueResult(task_id=task_id, spooled=True, redactions=counts)
         if self._publish_or_spool(record):
             return EnqueueResult(task_id=task_id, redactions=counts)
         return EnqueueResult(task_id=task_id, spooled=True, redactions=counts)
@@ -114,26 +152,53 @@ class Publisher:
 
     def drain(self) -> DrainReport:
         """Publish the outbox; once it is empty, new messages are published directly again."""
-        report = self._outbox.drain(self.publish)
+        report = self._outbox.drain(self._publish_spooled)
         if report.published:
             self._broker_down_until = 0.0  # it answered
         if not report.busy and report.error is None and report.remaining == 0:
-            self._spooling = False
-            if self._outbox.pending():  # appended between the drain and the flag
-                self._spooling = True
+            with self._drainer_lock:
+                # Under the lock an append that completed is visible to pending(), and an
+                # enqueue that appends later sets the flag again after this.
+                self._spooling = self._outbox.pending() > 0
         return report
 
-    def _first_enqueue(self, client_msg_id: str, record: Record) -> bool:
+    def _publish_spooled(self, record: Record) -> None:
+        """Publish an outbox record, first making the check an ``unchecked`` one owes.
+
+        A Redis error stops the drain here (the record and those after it wait, in
+        order). A record whose marker was set already is dropped when its message
+        has left the ledger (done or dead-lettered); while the ledger still holds
+        it, it is published: the marker may be this very record's, set by the
+        enqueue whose answer Redis never delivered, and a second copy is harmless
+        (the worker's done-marker and lease keep the Zep write single).
+        """
+        if record.get(UNCHECKED):
+            record = {k: v for k, v in record.items() if k != UNCHECKED}
+            client_msg_id = str(record["payload"]["client_msg_id"])
+            entered = self._ledger.first_enqueue(client_msg_id, record, self._clock(),
+                                                 ENQUEUED_MARKER_TTL_S)
+            if not entered and not self._ledger.pending(client_msg_id):
+                metrics.safe_inc(metrics.write_skipped, reason="duplicate")
+                log_event(log, "memory_spooled_duplicate_dropped", client_msg_id=client_msg_id)
+                return
+        self.publish(record)
+
+    def _first_enqueue(self, client_msg_id: str, record: Record) -> bool | None:
         """Set the duplicate marker and enter the message in the delivery ledger, at once.
 
-        Without Redis there is neither: the message is published all the same.
+        True: entered; False: a duplicate; None: Redis did not answer (nor recently).
         """
+        if time.monotonic() < self._redis_down_until:
+            return None
         try:
             return self._ledger.first_enqueue(client_msg_id, record, self._clock(),
                                               ENQUEUED_MARKER_TTL_S)
-        except redis.RedisError:
+        except redis.RedisError as exc:
+            self._redis_down_until = time.monotonic() + REDIS_BACKOFF_S
             metrics.safe_inc(metrics.redis_errors, op="enqueue")
-            return True
+            log_event(log, "memory_enqueue_redis_unavailable", logging.WARNING,
+                      error=type(exc).__name__, client_msg_id=client_msg_id)
+            return None
 
     def _publish_or_spool(self, record: Record) -> bool:
         """True when published; False when kept in the outbox."""
@@ -145,19 +210,24 @@ class Publisher:
                 self._broker_down_until = time.monotonic() + BROKER_BACKOFF_S
                 log_event(log, "memory_broker_unreachable", logging.WARNING,
                           error=type(exc).__name__)
+        self._spool(record)
+        return False
+
+    def _spool(self, record: Record) -> None:
+        """Append to the outbox and make sure a drainer will publish it."""
         try:
             self._outbox.append(record)
         except OSError as exc:
-            self._forget(str(record["payload"]["client_msg_id"]))
+            if not record.get(UNCHECKED):
+                self._forget(str(record["payload"]["client_msg_id"]))
             raise OutboxUnavailable(
-                f"broker unreachable and the outbox at {self._settings.spool_dir} "
-                f"cannot be written: {exc.strerror or type(exc).__name__}"
+                f"{'Redis' if record.get(UNCHECKED) else 'broker'} unreachable and the outbox "
+                f"at {self._settings.spool_dir} cannot be written: "
+                f"{exc.strerror or type(exc).__name__}"
             ) from None
         log_event(log, "memory_message_spooled", logging.WARNING,
                   client_msg_id=record["payload"]["client_msg_id"])
-        self._spooling = True
-        self._start_drainer()
-        return False
+        self._spooled()
 
     def _forget(self, client_msg_id: str) -> None:
         """Undo the marker and ledger entry of a message that was neither published nor kept."""
@@ -167,13 +237,22 @@ class Publisher:
         except redis.RedisError:
             metrics.safe_inc(metrics.redis_errors, op="enqueue")
 
-    def _start_drainer(self) -> None:
+    def _spooled(self) -> None:
+        """Note that the outbox holds messages and make sure a drainer runs, in one step."""
         with self._drainer_lock:
-            if self._drainer is not None and self._drainer.is_alive():
-                return
-            self._drainer = threading.Thread(target=self._drain_until_empty,
-                                             name="memory-outbox-drain", daemon=True)
-            self._drainer.start()
+            self._spooling = True
+            if self._drainer is None:
+                self._drainer = threading.Thread(target=self._drain_until_empty,
+                                                 name="memory-outbox-drain", daemon=True)
+                self._drainer.start()
+
+    def _drainer_may_stop(self) -> bool:
+        """The hand-over: stop only if nothing was spooled since the last drain."""
+        with self._drainer_lock:
+            if self._spooling:
+                return False
+            self._drainer = None
+            return True
 
     def _drain_until_empty(self) -> None:
         failed = 0  # drains in a row that failed or published nothing
@@ -194,7 +273,7 @@ class Publisher:
                           error=type(exc).__name__)
                 failed += 1
                 continue
-            if not self._spooling:
+            if self._drainer_may_stop():
                 return
             # Another process draining the shared outbox publishes this one's messages
             # too: that is progress, so look again soon rather than back off.

@@ -121,6 +121,10 @@ class Ledger:
             args.append(marker_ttl_s)
         return bool(self._enter(keys=keys, args=args))
 
+    def pending(self, client_msg_id: str) -> bool:
+        """Whether the message is on its way: entered, neither done nor dead-lettered."""
+        return bool(self._conn.exists(self._keys.write_pending_record(client_msg_id)))
+
     def postpone(self, client_msg_id: str, now: float, countdown: float) -> None:
         """A retry is scheduled: expect the next attempt after its countdown."""
         self._conn.zadd(self._keys.write_pending,

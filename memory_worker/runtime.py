@@ -26,11 +26,11 @@ from redis.asyncio.retry import Retry as AsyncRetry
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from memory_worker import metrics
+from memory_worker import logs, metrics
 from memory_worker.clock import Clock, system_clock
 from memory_worker.config import Settings
 from memory_worker.connections import redis_client
-from memory_worker.enqueue import EnqueueResult, Publisher
+from memory_worker.enqueue import EnqueueResult, Publisher, enqueue_redis
 from memory_worker.fallback import LocalGuard
 from memory_worker.guard import SCRIPT as GUARD_SCRIPT
 from memory_worker.guard import Guard
@@ -105,7 +105,8 @@ class Runtime:
         return redis_client(self.settings.redis_url)
 
     def prober(self) -> Prober:
-        return Prober(self.ops_conn, self.settings, self.zep, clock=self.clock, keys=self.keys)
+        return Prober(self.ops_conn, self.settings, lambda: self.zep, clock=self.clock,
+                      keys=self.keys)
 
     def writer(self) -> Writer:
         if self._writer is None:
@@ -123,8 +124,11 @@ class Runtime:
         if self._publisher is None:
             with self._zep_lock:
                 if self._publisher is None:
-                    self._publisher = Publisher(self.settings, self.conn, send_mirror,
-                                                clock=self.clock)
+                    # Not the read path's client (50 ms, no retry): the duplicate check
+                    # and the ledger entry must survive a pause of Redis.
+                    self._publisher = Publisher(self.settings,
+                                                enqueue_redis(self.settings.redis_url),
+                                                send_mirror, clock=self.clock)
         return self._publisher
 
     # synchronous
@@ -223,6 +227,7 @@ def configure(settings: Settings | None = None, *, clock: Clock = system_clock,
               zep: ZepClient | None = None) -> Runtime:
     """Set this process's runtime (an application at start-up, or a test)."""
     runtime = Runtime(settings or Settings.from_env(), clock=clock, zep=zep)
+    logs.use_format(runtime.settings.log_format)
     with _default_lock:
         _install(runtime)
     return runtime

@@ -184,7 +184,9 @@ class PrivateRedis:
             [exe, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
              "--appendonly", "yes" if self.appendonly else "no", "--dir", str(self.directory),
              # Plain text on disk, so tests can search everything Redis ever stored.
-             "--aof-use-rdb-preamble", "no", "--rdbcompression", "no"],
+             "--aof-use-rdb-preamble", "no", "--rdbcompression", "no",
+             # DEBUG SLEEP stands for a Redis that pauses (a fork, a failover).
+             "--enable-debug-command", "local"],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         import redis
 

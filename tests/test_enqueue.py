@@ -141,14 +141,112 @@ def test_broker_down_spools_and_the_outbox_drains_in_order_once_it_answers(
     assert not publisher.enqueue("t", "user", "message 4", "m-4").spooled
 
 
-def test_with_redis_down_enqueue_still_publishes(settings: Settings, broker: Broker,
-                                                 clock: FakeClock, tmp_path: Path) -> None:
-    """The duplicate check is an optimisation: without Redis the message still goes out."""
+def test_with_redis_down_the_message_is_spooled_and_checked_before_it_is_published(
+    settings: Settings, conn: redis.Redis, broker: Broker, clock: FakeClock, tmp_path: Path,
+    keys: Keys,
+) -> None:
+    """No Redis, no silent skip: spooled=True, and the drain makes the check and the entry."""
+    spool = str(tmp_path / "spool")
     dead = redis.Redis.from_url("redis://127.0.0.1:1/0", socket_connect_timeout=0.1)
-    publisher = Publisher(dataclasses.replace(settings, spool_dir=str(tmp_path)), dead, broker,
-                          clock=clock)
-    assert not publisher.enqueue("t", "user", "hello", "m").duplicate
-    assert len(broker.sent) == 1
+    cut_off = Publisher(dataclasses.replace(settings, spool_dir=spool), dead, broker, clock=clock)
+    result = cut_off.enqueue("t", "user", "hello", "m")
+    assert result.spooled and not result.duplicate and broker.sent == []
+
+    back = Publisher(dataclasses.replace(settings, spool_dir=spool), conn, broker, clock=clock)
+    report = back.drain()
+    assert report.published == 1 and report.remaining == 0
+    assert [task_id for task_id, _ in broker.sent] == [message_uuid("m")]
+    assert conn.exists(keys.enqueued("m")) == 1  # the duplicate marker...
+    assert conn.zscore(keys.write_pending, "m") is not None  # ...and the ledger entry
+
+
+def test_a_spooled_unchecked_duplicate_of_a_finished_message_is_dropped(
+    settings: Settings, conn: redis.Redis, broker: Broker, clock: FakeClock, tmp_path: Path,
+) -> None:
+    """The check owed by an unchecked record finds m done: nothing is published again."""
+    from memory_worker.ledger import Ledger
+
+    spool = str(tmp_path / "spool")
+    live = Publisher(dataclasses.replace(settings, spool_dir=spool), conn, broker, clock=clock)
+    live.enqueue("t", "user", "hello", "m")
+    Ledger(conn, Keys(), 600).settle("m", done_marker_ttl_s=60)  # the worker stored it
+    dead = redis.Redis.from_url("redis://127.0.0.1:1/0", socket_connect_timeout=0.1)
+    cut_off = Publisher(dataclasses.replace(settings, spool_dir=spool), dead, broker, clock=clock)
+    assert cut_off.enqueue("t", "user", "hello", "m").spooled
+
+    report = live.drain()
+    assert report.remaining == 0 and len(broker.sent) == 1
+
+
+def test_a_spooled_unchecked_record_still_in_the_ledger_is_published(
+    settings: Settings, conn: redis.Redis, broker: Broker, clock: FakeClock, tmp_path: Path,
+) -> None:
+    """Its marker may be its own (the answer was lost): while pending, it goes out again."""
+    spool = str(tmp_path / "spool")
+    live = Publisher(dataclasses.replace(settings, spool_dir=spool), conn, broker, clock=clock)
+    broker.down = True
+    assert live.enqueue("t", "user", "hello", "m").spooled  # marker set, ledger entry made
+    broker.down = False
+    dead = redis.Redis.from_url("redis://127.0.0.1:1/0", socket_connect_timeout=0.1)
+    cut_off = Publisher(dataclasses.replace(settings, spool_dir=spool), dead, broker, clock=clock)
+    assert cut_off.enqueue("t", "user", "hello", "m").spooled  # Redis gone: unchecked
+
+    assert live.drain().remaining == 0
+    assert [task_id for task_id, _ in broker.sent] == [message_uuid("m")] * 2
+
+
+def test_a_redis_pause_longer_than_the_read_timeout_still_catches_a_duplicate(
+    settings: Settings, broker: Broker, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Redis stalls 300 ms (6x the read path's timeout) while m-1 is enqueued again."""
+    import threading
+
+    from memory_worker import runtime
+    from tests.processes import PrivateRedis
+
+    monkeypatch.setattr(runtime, "send_mirror", broker)
+    with PrivateRedis(tmp_path / "redis") as private:
+        rt = runtime.Runtime(dataclasses.replace(settings, redis_url=private.url,
+                                                 spool_dir=str(tmp_path / "spool")))
+        assert not rt.publisher.enqueue("t", "user", "hello", "m-1").duplicate
+        other = redis.Redis.from_url(private.url)
+        sleeping = threading.Thread(target=lambda: other.execute_command("DEBUG", "SLEEP", "0.3"))  # type: ignore[no-untyped-call]
+        sleeping.start()
+        try:
+            # Wait for the pause to begin: a PING from a third client does not answer at once.
+            probe = redis.Redis.from_url(private.url, socket_timeout=0.02)
+            started = time.monotonic()
+            while time.monotonic() - started < 5:
+                try:
+                    probe.ping()
+                except redis.TimeoutError:
+                    break
+            again = rt.publisher.enqueue("t", "user", "hello again", "m-1")
+        finally:
+            sleeping.join()
+        assert again.duplicate and not again.spooled
+        assert len(broker.sent) == 1
+
+
+def test_metadata_that_redaction_grows_past_16_kb_is_refused_at_enqueue(
+    publisher: Publisher, broker: Broker, conn: redis.Redis,
+) -> None:
+    """Each 6-character email becomes the 7-character [EMAIL]: what is published is checked."""
+    metadata = {"emails": ["a@b.co"] * 1600}  # 16,012 bytes as JSON before, 17,612 after
+    assert len(json.dumps(metadata)) < 16 * 1024
+    with pytest.raises(InvalidMessage, match="after redaction") as info:
+        publisher.enqueue("t", "user", "hello", "m", metadata=metadata)
+    assert info.value.field == "metadata"
+    assert broker.sent == [] and conn.dbsize() == 0 and publisher.outbox.pending() == 0
+
+
+def test_what_enqueue_accepts_the_worker_accepts(publisher: Publisher, broker: Broker) -> None:
+    """Metadata just under the limit after redaction: the published payload validates."""
+    from memory_worker.messages import Payload
+
+    publisher.enqueue("t", "user", "hello", "m", metadata={"emails": ["a@b.co"] * 1450})
+    [(_, kwargs)] = broker.sent
+    Payload.from_json(kwargs["payload"])  # raises InvalidMessage if the worker would refuse
 
 
 def test_broker_and_outbox_both_failing_is_an_error_and_leaves_no_marker(
@@ -209,3 +307,48 @@ def test_a_drainer_that_finds_another_process_draining_looks_again_soon(
         time.sleep(0.02)
     assert [kw["payload"]["client_msg_id"] for _, kw in broker.sent] == ["m-0"]
     assert not publisher.enqueue("t", "user", "after", "m-1").spooled
+
+
+def test_a_message_spooled_while_the_drainer_is_ending_is_still_drained(
+    publisher: Publisher, broker: Broker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The drainer has decided it is done but its thread still runs; an enqueue spools now.
+
+    The interleaving is forced: a trace function holds the drainer at the return of
+    its loop until the second message is in the outbox.
+    """
+    import sys
+    import threading
+    from types import FrameType
+
+    from tests.processes import wait_for
+
+    monkeypatch.setattr(enqueue, "DRAIN_INTERVALS_S", (0.01,))
+    decided, go = threading.Event(), threading.Event()
+
+    def hold_at_return(frame: FrameType, event: str, arg: object) -> Any:
+        if event == "return" and not decided.is_set():
+            decided.set()  # the drainer is done with its loop, still alive
+            go.wait(10)
+        return hold_at_return
+
+    def tracer(frame: FrameType, event: str, arg: object) -> Any:
+        return hold_at_return if frame.f_code.co_name == "_drain_until_empty" else None
+
+    threading.settrace(tracer)
+    try:
+        broker.down = True
+        assert publisher.enqueue("t", "user", "first", "m-0").spooled
+        broker.down = False
+        assert decided.wait(10), "the drainer never finished its first round"
+        assert [kw["payload"]["client_msg_id"] for _, kw in broker.sent] == ["m-0"]
+        broker.down = True
+        assert publisher.enqueue("t", "user", "second", "m-1").spooled
+        broker.down = False
+    finally:
+        go.set()
+        threading.settrace(None)
+        sys.settrace(None)
+    wait_for(lambda: len(broker.sent) == 2, 10, "the second message to be drained")
+    assert [kw["payload"]["client_msg_id"] for _, kw in broker.sent] == ["m-0", "m-1"]
+    assert publisher.outbox.pending() == 0
