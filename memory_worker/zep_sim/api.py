@@ -1,6 +1,7 @@
-"""What the simulator answers: the Zep v2 endpoints and the control API, without HTTP.
+"""What the simulator answers: Zep's v2 and v4 endpoints and the control API, without HTTP.
 
-Zep endpoints live under ``/api/v2`` and need ``Authorization: Api-Key <key>``:
+Zep v2 endpoints live under ``/api/v2``, v4 under ``/api/v4`` (see ``v4``);
+both need ``Authorization: Api-Key <key>``:
 
     POST /users                        GET /users/{user_id}
     POST /sessions                     GET /sessions/{session_id}
@@ -8,9 +9,9 @@ Zep endpoints live under ``/api/v2`` and need ``Authorization: Api-Key <key>``:
     GET  /sessions/{id}/messages?limit=N&cursor=P
 
 The control API lives under ``/_sim``, takes and returns JSON, needs no key and
-is not written to the request log:
+is not written to the request log (its v4 part is under ``/_sim/v4``):
 
-    GET    /_sim/health                       POST /_sim/reset
+    GET    /_sim/health                       POST /_sim/reset   (v2 and v4 state)
     POST   /_sim/faults        (a Fault)      GET  /_sim/faults
     DELETE /_sim/faults                       DELETE /_sim/faults/{id}
     POST   /_sim/sessions/{id}/seed  {"summary", "facts", "context", "user_id"}
@@ -21,40 +22,44 @@ is not written to the request log:
 from __future__ import annotations
 
 import hmac
-import json
+import http
 import re
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from collections.abc import Mapping
 from typing import Any
-from urllib.parse import parse_qs, unquote
+from urllib.parse import unquote
 
+from memory_worker.zep_sim import v4
 from memory_worker.zep_sim.faults import Fault, FaultBook
-from memory_worker.zep_sim.store import Refused, Store
+from memory_worker.zep_sim.request_log import RequestLog
+from memory_worker.zep_sim.routing import (
+    ErrorBody,
+    Reply,
+    Table,
+    dispatch,
+    json_object,
+    message_body,
+)
+from memory_worker.zep_sim.store import Store
+from memory_worker.zep_sim.threads import ThreadStore
 
 API_PREFIX = "/api/v2"
 CONTROL_PREFIX = "/_sim"
 
 
-@dataclass(frozen=True)
-class Reply:
-    status: int
-    body: Any = None
-
-    def encoded(self) -> bytes:
-        return b"" if self.body is None else json.dumps(self.body).encode()
-
-
-Handler = Callable[[re.Match[str], Mapping[str, list[str]], Any], Reply]
-
-
 class Routes:
-    """Both route tables, bound to one store, one fault book and one API key."""
+    """Every route table, bound to the state, the fault book, the log and one API key."""
 
-    def __init__(self, store: Store, faults: FaultBook, api_key: str) -> None:
+    def __init__(
+        self, store: Store, threads: ThreadStore, log: RequestLog, faults: FaultBook,
+        api_key: str,
+    ) -> None:
         self.store = store
+        self.threads = threads
+        self.log = log
         self.faults = faults
         self._authorization = f"Api-Key {api_key}".encode()
-        self._zep: list[tuple[str, re.Pattern[str], Handler]] = [
+        self._v4 = v4.V4Routes(threads)
+        self._zep: Table = [
             ("POST", re.compile(r"/users"), self._add_user),
             ("GET", re.compile(r"/users/([^/]+)"), self._get_user),
             ("POST", re.compile(r"/sessions"), self._add_session),
@@ -63,7 +68,7 @@ class Routes:
             ("GET", re.compile(r"/sessions/([^/]+)/memory"), self._get_memory),
             ("GET", re.compile(r"/sessions/([^/]+)/messages"), self._list_messages),
         ]
-        self._control: list[tuple[str, re.Pattern[str], Handler]] = [
+        self._control: Table = [
             ("GET", re.compile(r"/health"), lambda m, q, b: Reply(200, {"ok": True})),
             ("POST", re.compile(r"/reset"), self._reset),
             ("POST", re.compile(r"/faults"), self._add_fault),
@@ -75,8 +80,9 @@ class Routes:
             ("GET", re.compile(r"/sessions/([^/]+)/messages"), lambda m, q, b: Reply(200, {
                 "messages": self.store.stored_messages(unquote(m[1]))})),
             ("GET", re.compile(r"/requests"), lambda m, q, b: Reply(200, {
-                "requests": [r.to_json() for r in self.store.requests()]})),
+                "requests": [r.to_json() for r in self.log.records()]})),
             ("DELETE", re.compile(r"/requests"), self._reset_requests),
+            *self._v4.control,
         ]
 
     def is_control(self, path: str) -> bool:
@@ -87,60 +93,45 @@ class Routes:
     ) -> Reply:
         """The reply to one request, Zep's or the control API's."""
         if self.is_control(path):
-            return self._dispatch(self._control, method, path[len(CONTROL_PREFIX):], query, body)
-        if not (path == API_PREFIX or path.startswith(API_PREFIX + "/")):
-            return Reply(404, {"message": "not found"})
-        given = (authorization or "").encode()
-        if not hmac.compare_digest(given, self._authorization):
-            return Reply(401, {"message": "unauthorized"})
-        return self._dispatch(self._zep, method, path[len(API_PREFIX):], query, body)
-
-    def _dispatch(
-        self,
-        table: list[tuple[str, re.Pattern[str], Handler]],
-        method: str,
-        path: str,
-        query: str,
-        raw: bytes,
-    ) -> Reply:
-        allowed = False
-        for route_method, pattern, handler in table:
-            match = pattern.fullmatch(path)
-            if match is None:
-                continue
-            allowed = True
-            if route_method != method:
-                continue
-            try:
-                body = json.loads(raw) if raw.strip() else None
-            except ValueError:
-                return Reply(400, {"message": "request body is not JSON"})
-            try:
-                return handler(match, parse_qs(query), body)
-            except Refused as refused:
-                return Reply(refused.status, {"message": refused.message})
-            except ValueError as exc:
-                return Reply(400, {"message": str(exc)})
-        if allowed:
-            return Reply(405, {"message": "method not allowed"})
+            return dispatch(self._control, method, path[len(CONTROL_PREFIX):], query, body,
+                            message_body)
+        for prefix, table, error in (
+            (API_PREFIX, self._zep, message_body), (v4.PREFIX, self._v4.table, v4.error_body)
+        ):
+            if path == prefix or path.startswith(prefix + "/"):
+                given = (authorization or "").encode()
+                if not hmac.compare_digest(given, self._authorization):
+                    return Reply(401, error(401, "unauthorized"))
+                return dispatch(table, method, path[len(prefix):], query, body, error)
         return Reply(404, {"message": "not found"})
+
+    def error_body(self, path: str, status: int) -> Any:
+        """The body of an error the fault rules send, in the shape of the path's API."""
+        try:
+            phrase = http.HTTPStatus(status).phrase
+        except ValueError:
+            phrase = "error"
+        error: ErrorBody = message_body
+        if path == v4.PREFIX or path.startswith(v4.PREFIX + "/"):
+            error = v4.error_body
+        return error(status, phrase)
 
     # Zep
 
     def _add_user(self, m: re.Match[str], q: Mapping[str, list[str]], body: Any) -> Reply:
-        return Reply(201, self.store.add_user(_object(body)))
+        return Reply(201, self.store.add_user(json_object(body)))
 
     def _get_user(self, m: re.Match[str], q: Mapping[str, list[str]], body: Any) -> Reply:
         return Reply(200, self.store.get_user(unquote(m[1])))
 
     def _add_session(self, m: re.Match[str], q: Mapping[str, list[str]], body: Any) -> Reply:
-        return Reply(201, self.store.add_session(_object(body)))
+        return Reply(201, self.store.add_session(json_object(body)))
 
     def _get_session(self, m: re.Match[str], q: Mapping[str, list[str]], body: Any) -> Reply:
         return Reply(200, self.store.get_session(unquote(m[1])))
 
     def _add_memory(self, m: re.Match[str], q: Mapping[str, list[str]], body: Any) -> Reply:
-        self.store.add_messages(unquote(m[1]), _object(body).get("messages"))
+        self.store.add_messages(unquote(m[1]), json_object(body).get("messages"))
         return Reply(200, {"message": "OK"})
 
     def _get_memory(self, m: re.Match[str], q: Mapping[str, list[str]], body: Any) -> Reply:
@@ -153,12 +144,18 @@ class Routes:
     # control
 
     def _reset(self, m: re.Match[str], q: Mapping[str, list[str]], body: Any) -> Reply:
-        self.faults.clear()
-        self.store.reset()
+        self.reset()
         return Reply(200, {"ok": True})
 
+    def reset(self) -> None:
+        """Forget faults, v2 and v4 state and the request log."""
+        self.faults.clear()
+        self.store.reset()
+        self.threads.reset()
+        self.log.reset()
+
     def _add_fault(self, m: re.Match[str], q: Mapping[str, list[str]], body: Any) -> Reply:
-        return Reply(201, {"id": self.faults.add(Fault.from_json(_object(body)))})
+        return Reply(201, {"id": self.faults.add(Fault.from_json(json_object(body)))})
 
     def _clear_faults(self, m: re.Match[str], q: Mapping[str, list[str]], body: Any) -> Reply:
         self.faults.clear()
@@ -170,7 +167,7 @@ class Routes:
         return Reply(200, {"ok": True})
 
     def _seed(self, m: re.Match[str], q: Mapping[str, list[str]], body: Any) -> Reply:
-        seed = _object(body)
+        seed = json_object(body)
         facts = seed.get("facts")
         if facts is not None and not (
             isinstance(facts, list) and all(isinstance(f, str) for f in facts)
@@ -186,14 +183,8 @@ class Routes:
         return Reply(200, {"ok": True})
 
     def _reset_requests(self, m: re.Match[str], q: Mapping[str, list[str]], body: Any) -> Reply:
-        self.store.reset_requests()
+        self.log.reset()
         return Reply(200, {"ok": True})
-
-
-def _object(body: Any) -> dict[str, Any]:
-    if not isinstance(body, dict):
-        raise ValueError("request body must be a JSON object")
-    return body
 
 
 def _count(query: Mapping[str, list[str]], name: str) -> int | None:

@@ -13,7 +13,6 @@ joins the handler threads, so nothing outlives ``close()``.
 from __future__ import annotations
 
 import contextlib
-import http
 import signal
 import socket
 import struct
@@ -25,9 +24,12 @@ from types import TracebackType
 from typing import Any, cast
 from urllib.parse import urlsplit
 
-from memory_worker.zep_sim.api import Reply, Routes
+from memory_worker.zep_sim.api import Routes
 from memory_worker.zep_sim.faults import Fault, FaultBook
-from memory_worker.zep_sim.store import RequestRecord, Store
+from memory_worker.zep_sim.request_log import RequestLog, RequestRecord
+from memory_worker.zep_sim.routing import Reply
+from memory_worker.zep_sim.store import Store
+from memory_worker.zep_sim.threads import ThreadStore
 
 _JOIN_SECONDS = 2.0
 _POLL_SECONDS = 0.02  # how soon serve_forever notices close()
@@ -89,11 +91,12 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _handle(self) -> None:
         routes = self._sim.routes
-        received = routes.store.now()
+        received = routes.log.now()
         parts = urlsplit(self.path)
         length = int(self.headers.get("Content-Length") or 0)
         body = self.rfile.read(length) if length > 0 else b""
         authorization = self.headers.get("Authorization")
+        idempotency_key = self.headers.get("Idempotency-Key")
 
         def answer() -> Reply:
             return routes.answer(self.command, parts.path, parts.query, authorization, body)
@@ -104,7 +107,8 @@ class _Handler(BaseHTTPRequestHandler):
             return
 
         def log(status: int | None) -> None:
-            routes.store.log(self.command, parts.path, parts.query, received, status)
+            routes.log.record(self.command, parts.path, parts.query, received, status,
+                              body=body, idempotency_key=idempotency_key)
 
         fault = routes.faults.take(self.command, parts.path)
         if fault is None:
@@ -123,7 +127,8 @@ class _Handler(BaseHTTPRequestHandler):
             return
         kind = "application/json"
         if fault.status is not None:
-            status, (payload, kind) = fault.status, _fault_body(fault)
+            status = fault.status
+            payload, kind = _fault_body(fault, routes.error_body(parts.path, status))
         else:
             reply = early or answer()
             status, payload = reply.status, reply.encoded()
@@ -173,21 +178,19 @@ class _Handler(BaseHTTPRequestHandler):
             pass
 
 
-def _fault_body(fault: Fault) -> tuple[bytes, str]:
+def _fault_body(fault: Fault, error: Any) -> tuple[bytes, str]:
+    """What a fault with a status sends: its raw body, its JSON body, else the API's error."""
     if fault.raw_body is not None:
         return fault.raw_body.encode(), "text/html; charset=utf-8"
-    if fault.body is not None:
-        return Reply(200, fault.body).encoded(), "application/json"
-    assert fault.status is not None
-    try:
-        phrase = http.HTTPStatus(fault.status).phrase
-    except ValueError:
-        phrase = "error"
-    return Reply(200, {"message": phrase}).encoded(), "application/json"
+    body = fault.body if fault.body is not None else error
+    return Reply(200, body).encoded(), "application/json"
 
 
 class ZepSimulator:
-    """A Zep v2 test double on ``host:port``; ``url`` is its base URL without ``/api/v2``."""
+    """A Zep v2 and v4 test double on ``host:port``; ``url`` is its base URL.
+
+    Clients add ``/api/v2`` (``zep-python``) or ``/api/v4`` (``zep-cloud``).
+    """
 
     def __init__(
         self,
@@ -198,8 +201,11 @@ class ZepSimulator:
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.store = Store(clock)
+        self.threads = ThreadStore(clock)
+        self.log = RequestLog(clock)
         self.faults = FaultBook()
-        self._server = _Server((host, port), Routes(self.store, self.faults, api_key))
+        self._routes = Routes(self.store, self.threads, self.log, self.faults, api_key)
+        self._server = _Server((host, port), self._routes)
         self._thread: threading.Thread | None = None
         self._serving = False
         self._closed = False
@@ -290,19 +296,49 @@ class ZepSimulator:
     def requests(self, method: str = "*", path: str = "*") -> list[RequestRecord]:
         """The logged Zep requests, oldest first, filtered like a fault rule."""
         probe = Fault(method=method, path=path)
-        return [r for r in self.store.requests() if probe.matches(r.method, r.path)]
+        return [r for r in self.log.records() if probe.matches(r.method, r.path)]
+
+    def requests_carrying(self, client_msg_id: str, chunk: int | None = None
+                          ) -> list[RequestRecord]:
+        """The logged adds (v2 or v4) that carried the message, or the given chunk of it."""
+        return [r for r in self.log.records() if r.carries(client_msg_id, chunk)]
 
     def reset_requests(self) -> None:
-        self.store.reset_requests()
+        self.log.reset()
 
     def messages(self, session_id: str) -> list[dict[str, Any]]:
-        """Every message stored in a session, oldest first."""
+        """Every message stored in a v2 session, oldest first."""
         return self.store.stored_messages(session_id)
 
+    # v4
+
+    def thread_messages(self, thread_uuid: str) -> list[dict[str, Any]]:
+        """Every message stored in a v4 thread, oldest first, in the SDK's ``Message`` shape."""
+        return self.threads.stored_messages(thread_uuid)
+
+    def seed_thread(
+        self,
+        thread_uuid: str,
+        *,
+        summary: str | None = None,
+        context: str | None = None,
+        facts: Sequence[str] | None = None,
+    ) -> None:
+        """Give a v4 thread the summary, context block or facts Zep would have derived."""
+        self.threads.seed(thread_uuid, summary=summary, context=context, facts=facts)
+
+    def threads_of(self, *, user_uuid: str | None = None, user_id: str | None = None
+                   ) -> list[dict[str, Any]]:
+        """The v4 threads (of one user, by uuid or developer id), oldest first."""
+        return self.threads.threads_of(user_uuid=user_uuid, user_id=user_id)
+
+    def add_migrated_thread(self, user_id: str, thread_id: str | None = None) -> dict[str, Any]:
+        """A v4 thread for the user (made when missing), as if migrated with ``thread_id``."""
+        return self.threads.add_migrated_thread(user_id, thread_id)
+
     def reset(self) -> None:
-        """Forget everything: faults, users, sessions, messages and the request log."""
-        self.faults.clear()
-        self.store.reset()
+        """Forget everything: faults, v2 and v4 state and the request log."""
+        self._routes.reset()
 
 
 def serve(

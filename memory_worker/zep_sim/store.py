@@ -1,4 +1,4 @@
-"""The simulator's state: users, sessions, messages, seeded memory and the request log.
+"""The v2 simulator's state: users, sessions, messages and seeded memory.
 
 Every method takes the one lock, so handler threads see each operation whole:
 an add of messages is refused or stored entirely, never half. Zep's rules live
@@ -32,23 +32,6 @@ class Refused(Exception):
         self.message = message
 
 
-@dataclass(frozen=True)
-class RequestRecord:
-    """One request the Zep endpoints received (the control API is not logged)."""
-
-    method: str
-    path: str
-    query: str
-    time: float
-    status: int | None  # None when the connection was dropped without an answer
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "method": self.method, "path": self.path, "query": self.query,
-            "time": self.time, "status": self.status,
-        }
-
-
 @dataclass
 class _Session:
     session_id: str
@@ -79,10 +62,6 @@ class Store:
         self._users: dict[str, dict[str, Any]] = {}
         self._sessions: dict[str, _Session] = {}
         self._uuids: set[str] = set()
-        self._log: list[RequestRecord] = []
-        # A request received before the log was last reset (a stalled one answering
-        # late) belongs to the earlier test or drill: it is not logged.
-        self._log_since = float("-inf")
 
     def _stamp(self) -> str:
         return datetime.fromtimestamp(self._clock(), UTC).isoformat().replace("+00:00", "Z")
@@ -92,8 +71,6 @@ class Store:
             self._users.clear()
             self._sessions.clear()
             self._uuids.clear()
-            self._log.clear()
-            self._log_since = self._clock()
 
     # users
 
@@ -232,7 +209,7 @@ class Store:
                     for fact in facts
                 ],
                 "metadata": {},
-                "context": session.context or _context(summary, facts),
+                "context": session.context or compose_context(summary, facts),
             }
         if summary is not None:
             body["summary"] = {
@@ -276,28 +253,9 @@ class Store:
             if context is not None:
                 session.context = context
 
-    # request log
 
-    def log(self, method: str, path: str, query: str, at: float, status: int | None) -> None:
-        with self._lock:
-            if at >= self._log_since:
-                self._log.append(RequestRecord(method, path, query, at, status))
-
-    def requests(self) -> list[RequestRecord]:
-        with self._lock:
-            return list(self._log)
-
-    def reset_requests(self) -> None:
-        with self._lock:
-            self._log.clear()
-            self._log_since = self._clock()
-
-    def now(self) -> float:
-        return self._clock()
-
-
-def _context(summary: str | None, facts: Sequence[str]) -> str | None:
-    """The context string Zep composes from what it knows about a session."""
+def compose_context(summary: str | None, facts: Sequence[str]) -> str | None:
+    """The context string Zep composes from what it knows about a session or thread."""
     if summary is None and not facts:
         return None
     parts = []
