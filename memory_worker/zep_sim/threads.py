@@ -235,8 +235,8 @@ class ThreadStore:
 
     def list_messages(self, thread_uuid: str, paging: PageRequest) -> dict[str, Any]:
         with self._lock:
-            messages = list(self._thread(thread_uuid).messages)
-        return paging.page(messages, lambda m, _: m.at, lambda m: m.seq, Message.to_json)
+            messages = self._thread(thread_uuid).messages
+            return paging.page(messages, lambda m, _: m.at, lambda m: m.seq, Message.to_json)
 
     def get_message(self, thread_uuid: str, message_uuid: str) -> dict[str, Any]:
         with self._lock:
