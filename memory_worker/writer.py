@@ -14,14 +14,19 @@ Exactly once rests on three things together:
 Retries: 429 waits ``Retry-After`` plus jitter and is no breaker failure;
 timeouts, 5xx and connection errors are breaker failures and back off
 exponentially with full jitter (base 2 s, cap 300 s); 401/403 retry on the same
-schedule; an open breaker reschedules to its half-open time without using up
-an attempt (as does the failure that opened it, or a failed trial: they met the
-outage, not a fault of the message); any other 4xx is dead-lettered at once,
-as is the last counted failure.
+schedule; an open breaker reschedules to its half-open time. Only attempts
+that may be the message's own fault (timeouts, 5xx, connection errors) use up
+one of ``MEMORY_WRITE_MAX_RETRIES``: a rate limit, a rejected key, an open
+circuit, the failure that opened it or a failed trial met the state of Zep,
+not the message. Whatever it waits for, a message still not stored
+``MEMORY_WRITE_MAX_AGE_SECONDS`` after its enqueue is dead-lettered with reason
+``expired``; any other 4xx is dead-lettered at once, as is the last counted
+failure.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import random
 import secrets
@@ -48,6 +53,7 @@ BACKOFF_BASE_S = 2.0
 BACKOFF_CAP_S = 300.0
 RATE_LIMIT_JITTER_S = 1.0
 DONE_MARKER_TTL_S = 30 * 24 * 3600  # longer than any redelivery can arrive
+EXPIRED = "expired"
 _BREAKER_FAILURES = {Reason.TIMEOUT, Reason.SERVER_ERROR, Reason.CONNECTION_ERROR}
 _RETRIED = _BREAKER_FAILURES | {Reason.AUTH, Reason.RATE_LIMITED}
 
@@ -93,20 +99,41 @@ class Writer:
         self._ledger = Ledger(conn, self._keys, settings.redeliver_after_seconds)
         self._rand = rand
 
-    def deliver(self, payload: Payload, failures: int = 0) -> Verdict:
-        """One attempt; ``failures`` is how many earlier attempts failed."""
+    def deliver(self, payload: Payload, failures: int = 0, retries: int | None = None
+                ) -> Verdict:
+        """One attempt; ``failures`` earlier attempts counted against the retry limit,
+        ``retries`` earlier attempts in all (the exponent of waits that count nothing)."""
         if self._conn.exists(self._keys.write_done(payload.client_msg_id)):
             metrics.safe_inc(metrics.write_skipped, reason="already_done")
             return Done("already_done")
+        if self._expired(payload):
+            return DeadLetter(EXPIRED, None)
         lease_key = self._keys.write_lease(payload.client_msg_id)
         token = secrets.token_hex(8)
         if not self._conn.set(lease_key, token, nx=True, px=self._lease_ms()):
             wait = max(1.0, (self._conn.pttl(lease_key) or 1000) / 1000)
             return Retry(wait + self._rand(0.0, 1.0), "in_flight", counts=False)
         try:
-            return self._attempt(payload, failures)
+            verdict = self._attempt(payload, failures, failures if retries is None else retries)
         finally:
             delete_if_value(self._conn, lease_key, token)
+        return self._within_age(payload, verdict)
+
+    def _expired(self, payload: Payload) -> bool:
+        return self._age(payload) > self._settings.write_max_age_seconds
+
+    def _age(self, payload: Payload) -> float:
+        # A payload without its enqueue time (written before it was kept) is young.
+        return self._clock() - payload.enqueued_at if payload.enqueued_at > 0 else 0.0
+
+    def _within_age(self, payload: Payload, verdict: Verdict) -> Verdict:
+        """A retry never waits past the message's expiry: the attempt then dead-letters it."""
+        if not isinstance(verdict, Retry) or payload.enqueued_at <= 0:
+            return verdict
+        left = self._settings.write_max_age_seconds - self._age(payload)
+        if verdict.countdown <= left:
+            return verdict
+        return dataclasses.replace(verdict, countdown=max(0.0, left) + 0.5)
 
     def _lease_ms(self) -> int:
         """Long enough for one attempt (a session call and a few batches at the write budget).
@@ -118,7 +145,7 @@ class Writer:
         """
         return 4 * self._settings.zep_timeout_ms + 2000
 
-    def _attempt(self, payload: Payload, failures: int) -> Verdict:
+    def _attempt(self, payload: Payload, failures: int, retries: int) -> Verdict:
         admission = self._breaker.allow()
         if not admission.allowed:
             metrics.safe_inc(metrics.write_failures, reason="circuit_open")
@@ -146,14 +173,17 @@ class Writer:
             self._breaker.record_success(admission.trial)  # Zep answered: it is up
         if reason not in _RETRIED:
             return DeadLetter(reason.value, outcome.status_code)
-        if failures + 1 > self._settings.write_max_retries:
-            return DeadLetter(reason.value, outcome.status_code)
         if reason is Reason.RATE_LIMITED:
             wait = outcome.retry_after_seconds if outcome.retry_after_seconds is not None else 5.0
             countdown = min(wait, BACKOFF_CAP_S) + self._rand(0.0, RATE_LIMIT_JITTER_S)
-        else:
-            countdown = backoff(failures, self._rand)
-        return Retry(countdown, reason.value, counts=True, status_code=outcome.status_code)
+            return Retry(countdown, reason.value, counts=False, status_code=outcome.status_code)
+        if reason is Reason.AUTH:  # keys get fixed: the same schedule, no attempt spent
+            return Retry(backoff(retries, self._rand), reason.value, counts=False,
+                         status_code=outcome.status_code)
+        if failures + 1 > self._settings.write_max_retries:
+            return DeadLetter(reason.value, outcome.status_code)
+        return Retry(backoff(failures, self._rand), reason.value, counts=True,
+                     status_code=outcome.status_code)
 
     def _wait_for_circuit(self, reason: str, status_code: int | None) -> Retry | None:
         """The circuit is open: wait for it like every other write, without using an attempt.

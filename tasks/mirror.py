@@ -31,7 +31,7 @@ log = logging.getLogger("memory_worker.tasks.mirror")
           reject_on_worker_lost=True, max_retries=None, ignore_result=True)
 def mirror_message(self: Any, payload: dict[str, Any], failures: int = 0) -> dict[str, Any]:
     runtime = default_runtime()
-    verdict = _attempt(runtime, payload, failures)
+    verdict = _attempt(runtime, payload, failures, int(self.request.retries or 0))
     client_msg_id = str(payload.get("client_msg_id", "")) if isinstance(payload, dict) else ""
     if isinstance(verdict, DeadLetter):
         try:
@@ -66,13 +66,13 @@ def _postpone(runtime: Runtime, client_msg_id: str, countdown: float) -> None:
         runtime.ledger().postpone(client_msg_id, runtime.clock(), countdown)
 
 
-def _attempt(runtime: Runtime, payload: Any, failures: int) -> Verdict:
+def _attempt(runtime: Runtime, payload: Any, failures: int, retries: int) -> Verdict:
     try:
         message = Payload.from_json(payload)
     except (TypeError, ValueError) as exc:
         return DeadLetter(f"invalid_payload: {exc}"[:200], None)
     try:
-        return runtime.writer().deliver(message, failures)
+        return runtime.writer().deliver(message, failures, retries)
     except SoftTimeLimitExceeded:
         return Retry(backoff(failures), "timeout", counts=True)
     except (redis.RedisError, StateUnavailable):

@@ -149,8 +149,40 @@ def test_429_schedules_the_retry_after_retry_after(
     wait_for(lambda: retry_line() is not None, 30, "the retry to be scheduled")
     line = retry_line()
     assert line is not None and line["reason"] == "rate_limited" and line["countdown"] >= 7
-    assert line["failures"] == 1
+    assert line["failures"] == 0  # a rate limit spends no attempt
     assert conn.hget("mem:write:circuit:v1", "consecutive") in (None, "0")
+
+
+def test_429s_outlasting_every_retry_still_store_the_message(
+    publisher: Publisher, conn: redis.Redis, sim: ZepSimulator, keys: Keys,
+    env: dict[str, str], tmp_path: Path,
+) -> None:
+    """MEMORY_WRITE_MAX_RETRIES=1 and four 429s in a row: waited out, stored, no dead letter."""
+    sim.ensure_session("t-storm")
+    sim.add_fault(Fault(method="POST", path=MEMORY, status=429, headers={"Retry-After": "0"},
+                        times=4))
+    strict = {**env, "MEMORY_WRITE_MAX_RETRIES": "1"}
+    with celery_process(worker_args("storm"), strict, tmp_path / "storm.log"):
+        publisher.enqueue("t-storm", "user", "rate limited for a while", "storm-1")
+        wait_for(lambda: conn.exists(keys.write_done("storm-1")) == 1, 60, "the stored write")
+    assert conn.llen(keys.dlq) == 0
+    assert [r.status for r in sim.requests("POST", MEMORY)] == [429, 429, 429, 429, 200]
+
+
+def test_a_rejected_key_past_the_max_age_dead_letters_as_expired(
+    publisher: Publisher, conn: redis.Redis, sim: ZepSimulator, keys: Keys,
+    env: dict[str, str], tmp_path: Path,
+) -> None:
+    """401 forever with MEMORY_WRITE_MAX_AGE_SECONDS=3: waits (no attempt spent), then expired."""
+    sim.ensure_session("t-key")
+    sim.add_fault(Fault(method="POST", path=MEMORY, status=401))
+    short = {**env, "MEMORY_WRITE_MAX_AGE_SECONDS": "3", "MEMORY_WRITE_MAX_RETRIES": "0"}
+    with celery_process(worker_args("expiry"), short, tmp_path / "expiry.log"):
+        publisher.enqueue("t-key", "user", "the key was rotated", "key-1")
+        wait_for(lambda: conn.llen(keys.dlq) == 1, 60, "the expired dead letter")
+    entry = json.loads(conn.lindex(keys.dlq, 0) or "")
+    assert entry["client_msg_id"] == "key-1" and entry["reason"] == "expired"
+    assert len(sim.requests("POST", MEMORY)) >= 2  # retried, though no retry was allowed
 
 
 def test_a_400_is_dead_lettered_at_once_and_replay_delivers_it(

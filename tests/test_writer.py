@@ -107,6 +107,7 @@ def test_429_waits_retry_after_and_is_no_breaker_failure(
         verdict = writer.deliver(payload(), failures=attempt)
         assert isinstance(verdict, Retry) and verdict.reason == "rate_limited"
         assert 7.0 <= verdict.countdown <= 8.0
+        assert not verdict.counts  # a rate limit spends no attempt
     assert Breaker(conn, keys, clock=clock).state() is CircuitState.CLOSED
 
 
@@ -125,7 +126,8 @@ def test_transient_failures_back_off_exponentially_with_full_jitter(
     countdowns = []
     for failures in (0, 1, 2, 3):  # the fifth breaker failure in a row opens the circuit
         verdict = writer.deliver(payload(), failures=failures)
-        assert isinstance(verdict, Retry) and verdict.reason == reason and verdict.counts
+        assert isinstance(verdict, Retry) and verdict.reason == reason
+        assert verdict.counts is (reason != "auth")  # a rejected key spends no attempt
         countdowns.append(verdict.countdown)
     assert countdowns == [2.0, 4.0, 8.0, 16.0]
     assert backoff(7, upper) == 256.0 and backoff(8, upper) == backoff(30, upper) == BACKOFF_CAP_S
@@ -161,6 +163,49 @@ def test_the_last_retry_dead_letters(writer: Writer, sim: ZepSimulator,
     last = read_settings.write_max_retries
     assert isinstance(writer.deliver(payload(), failures=last - 1), Retry)
     assert writer.deliver(payload(), failures=last) == DeadLetter("server_error", 500)
+
+
+@pytest.mark.parametrize(("fault", "reason"), [
+    (Fault(method="POST", path=MEMORY, status=429, headers={"Retry-After": "5"}),
+     "rate_limited"),
+    (Fault(method="POST", path=MEMORY, status=401), "auth"),
+    (Fault(method="POST", path=MEMORY, status=403), "auth"),
+])
+def test_rate_limits_and_rejected_keys_never_use_up_the_retries(
+    writer: Writer, sim: ZepSimulator, read_settings: Settings, fault: Fault, reason: str,
+) -> None:
+    """A minute of 429s or a rotated key: far past MEMORY_WRITE_MAX_RETRIES, still a retry."""
+    sim.ensure_session("t-1")
+    sim.add_fault(fault)
+    many = read_settings.write_max_retries + 20
+    verdict = writer.deliver(payload(), failures=0, retries=many)
+    assert isinstance(verdict, Retry) and verdict.reason == reason and not verdict.counts
+    assert verdict.countdown <= BACKOFF_CAP_S + 1.0  # the exponent is capped, the wait too
+
+
+def test_a_write_older_than_its_max_age_is_dead_lettered_as_expired(
+    writer: Writer, sim: ZepSimulator, read_settings: Settings, clock: FakeClock,
+) -> None:
+    """Whatever it waited for, MEMORY_WRITE_MAX_AGE_SECONDS after the enqueue it stops."""
+    sim.ensure_session("t-1")
+    sim.add_fault(Fault(method="POST", path=MEMORY, status=401))
+    old = Payload(thread_id="t-1", role="user", content="hi", client_msg_id="m-old",
+                  enqueued_at=clock() - read_settings.write_max_age_seconds - 1)
+    assert writer.deliver(old) == DeadLetter("expired", None)
+    assert sim.requests() == []  # decided before Zep was called
+
+
+def test_a_retry_never_waits_past_the_expiry(
+    writer: Writer, sim: ZepSimulator, read_settings: Settings, clock: FakeClock,
+) -> None:
+    """Ten seconds of life left and a 300 s Retry-After: the next attempt comes in time."""
+    sim.ensure_session("t-1")
+    sim.add_fault(Fault(method="POST", path=MEMORY, status=429,
+                        headers={"Retry-After": "300"}))
+    young = Payload(thread_id="t-1", role="user", content="hi", client_msg_id="m-young",
+                    enqueued_at=clock() - read_settings.write_max_age_seconds + 10)
+    verdict = writer.deliver(young)
+    assert isinstance(verdict, Retry) and 10.0 <= verdict.countdown <= 11.0
 
 
 def test_a_missing_session_is_created_with_its_user(writer: Writer, sim: ZepSimulator) -> None:
