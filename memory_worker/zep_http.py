@@ -18,8 +18,15 @@ calls from threads and tasks never see each other's. Three layers use it:
   and never past the deadline);
 * a response hook records the status and ``Retry-After``.
 
-The asynchronous client keeps httpx's own transport: ``asyncio.wait_for``
-cancels the call at the deadline, which closes its connection.
+Both clients honour the environment's proxies as httpx does (``HTTP_PROXY``,
+``HTTPS_PROXY``, ``ALL_PROXY``, ``NO_PROXY``, lower-case too). The asynchronous
+client keeps httpx's own transports, which read them: ``asyncio.wait_for``
+cancels the call at the deadline, which closes its connection. Handing httpx a
+transport of one's own turns that reading off, so the synchronous client mounts
+one deadline-bound transport per proxy that httpx's own reading of the
+environment names (``NO_PROXY`` patterns go straight to the direct transport),
+and httpx picks among them per URL as it always does: the sockets to a proxy
+obey the deadline like those to Zep.
 """
 
 from __future__ import annotations
@@ -41,6 +48,7 @@ from typing import Any, TypeVar
 
 import httpcore
 import httpx
+from httpx._utils import get_environment_proxies  # httpx's own reading of *_PROXY
 from zep_python.base_client import AsyncBaseClient, BaseClient
 
 _T = TypeVar("_T")
@@ -247,29 +255,55 @@ class _Body(httpx.SyncByteStream):
             close()
 
 
-class _DeadlineTransport(httpx.BaseTransport):
-    """httpx's transport, rebuilt on an httpcore pool whose sockets obey the deadline."""
+def _core_url(url: httpx.URL) -> httpcore.URL:
+    return httpcore.URL(scheme=url.raw_scheme, host=url.raw_host, port=url.port,
+                        target=url.raw_path)
 
-    def __init__(self, limits: httpx.Limits) -> None:
-        self._pool = httpcore.ConnectionPool(
-            ssl_context=httpx.create_ssl_context(),
-            max_connections=limits.max_connections,
-            max_keepalive_connections=limits.max_keepalive_connections,
-            keepalive_expiry=limits.keepalive_expiry,
-            network_backend=_DeadlineBackend(),
-        )
+
+class _DeadlineTransport(httpx.BaseTransport):
+    """httpx's transport, rebuilt on an httpcore pool whose sockets obey the deadline.
+
+    With ``proxy`` it is httpx's proxy transport (the same pools, built the
+    same way as ``httpx.HTTPTransport(proxy=...)``), its sockets to the proxy
+    deadline-bound too.
+    """
+
+    def __init__(self, limits: httpx.Limits, proxy: httpx.Proxy | None = None) -> None:
+        ssl_context = httpx.create_ssl_context()
+        backend = _DeadlineBackend()
+        most, idle, expiry = (limits.max_connections, limits.max_keepalive_connections,
+                              limits.keepalive_expiry)
+        self._pool: httpcore.ConnectionPool
+        if proxy is None:
+            self._pool = httpcore.ConnectionPool(
+                ssl_context=ssl_context, max_connections=most, max_keepalive_connections=idle,
+                keepalive_expiry=expiry, network_backend=backend,
+            )
+        elif proxy.url.scheme in ("http", "https"):
+            self._pool = httpcore.HTTPProxy(
+                proxy_url=_core_url(proxy.url), proxy_auth=proxy.raw_auth,
+                proxy_headers=proxy.headers.raw, ssl_context=ssl_context,
+                proxy_ssl_context=proxy.ssl_context, max_connections=most,
+                max_keepalive_connections=idle, keepalive_expiry=expiry, network_backend=backend,
+            )
+        elif proxy.url.scheme in ("socks5", "socks5h"):
+            self._pool = httpcore.SOCKSProxy(
+                proxy_url=_core_url(proxy.url), proxy_auth=proxy.raw_auth,
+                ssl_context=ssl_context, max_connections=most, max_keepalive_connections=idle,
+                keepalive_expiry=expiry, network_backend=backend,
+            )
+        else:
+            raise ValueError(
+                "Proxy protocol must be either 'http', 'https', 'socks5', or 'socks5h',"
+                f" but got {proxy.url.scheme!r}."
+            )
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
         if not isinstance(request.stream, httpx.SyncByteStream):
             raise TypeError("the synchronous transport needs a synchronous request body")
         core_request = httpcore.Request(
             method=request.method,
-            url=httpcore.URL(
-                scheme=request.url.raw_scheme,
-                host=request.url.raw_host,
-                port=request.url.port,
-                target=request.url.raw_path,
-            ),
+            url=_core_url(request.url),
             headers=request.headers.raw,
             content=request.stream,
             extensions=request.extensions,
@@ -291,10 +325,27 @@ class _DeadlineTransport(httpx.BaseTransport):
         self._pool.close()
 
 
+def _environment_mounts(limits: httpx.Limits) -> dict[str, httpx.BaseTransport | None]:
+    """What ``httpx.Client()`` would mount for the environment's proxies, deadline-bound.
+
+    httpx reads the variables (its ``get_environment_proxies``, the same
+    precedence and ``NO_PROXY`` patterns); a pattern mounted to ``None`` is
+    served by the client's direct transport, as in httpx.
+    """
+    return {
+        pattern: None if url is None else _DeadlineTransport(limits, httpx.Proxy(url))
+        for pattern, url in get_environment_proxies().items()
+    }
+
+
 def sync_http_client(limits: httpx.Limits) -> httpx.Client:
-    """The client under the synchronous SDK: deadline-bound sockets, recorded answers."""
+    """The client under the synchronous SDK: deadline-bound sockets, recorded answers.
+
+    The environment's proxies are read when the client is built, as httpx does.
+    """
     return httpx.Client(
         transport=_DeadlineTransport(limits),
+        mounts=_environment_mounts(limits),
         event_hooks={"request": [_clamp], "response": [_record]},
     )
 
