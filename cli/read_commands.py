@@ -9,7 +9,7 @@ from memory_worker import cache
 from memory_worker.errors import ConfigError, InvalidRequest
 from memory_worker.probe import Prober, ProbeResult
 from memory_worker.reader import check_request
-from memory_worker.zep import ZepClient
+from memory_worker.zep import ZepApi, connect
 
 
 @click.command()
@@ -29,11 +29,11 @@ def invalidate(ops: Ops, thread_id: str) -> None:
 @operation
 def probe(ops: Ops) -> None:
     """Run the recovery probe once, now (does nothing unless a hold is over)."""
-    built: list[ZepClient] = []
+    built: list[ZepApi] = []
 
-    def zep() -> ZepClient:  # only when a request is due: a probe with nothing to do needs no Zep
+    def zep() -> ZepApi:  # only when a request is due: a probe with nothing to do needs no Zep
         try:
-            built.append(ZepClient.from_settings(ops.settings))
+            built.append(connect(ops.settings, ops.conn))
         except ConfigError as exc:
             raise OperationalError(f"configuration: {exc}") from None
         return built[-1]

@@ -41,12 +41,11 @@ from memory_worker.modes import (
     read_forced_raw,
     record_ttl_ms,
 )
-from memory_worker.zep import Failure, Reason, ZepClient
+from memory_worker.zep import PROBE_SESSION as PROBE_SESSION
+from memory_worker.zep import ZepApi
 
 log = logging.getLogger("memory_worker.probe")
 
-# A session no chat uses: the probe only asks whether Zep answers, and a 404 is an answer.
-PROBE_SESSION = "memory-worker-probe"
 
 _REPLACE_IF_SAME = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then
@@ -73,7 +72,7 @@ class ProbeReport:
 
 class Prober:
     def __init__(self, conn: redis.Redis, settings: Settings,
-                 zep: ZepClient | Callable[[], ZepClient], *,
+                 zep: ZepApi | Callable[[], ZepApi], *,
                  clock: Clock, keys: Keys | None = None) -> None:
         """``zep`` may be a factory: it is called only when a request is due."""
         self._conn = conn
@@ -114,11 +113,10 @@ class Prober:
         return raw, record
 
     def _probe(self, raw: str, record: ForcedRecord) -> ProbeReport:
-        budget = self._settings.probe_timeout_ms / 1000
-        zep = self._zep if isinstance(self._zep, ZepClient) else self._zep()
-        outcome = zep.get_memory(PROBE_SESSION, 1, budget)
-        if isinstance(outcome, Failure) and outcome.reason is not Reason.NOT_FOUND:
-            return self._reforce(raw, record, outcome.reason.value)
+        zep = self._zep() if callable(self._zep) else self._zep
+        failure = zep.probe(self._settings.probe_timeout_ms / 1000)
+        if failure is not None:
+            return self._reforce(raw, record, failure.reason.value)
         return self._restore(raw, record)
 
     def _restore(self, raw: str, record: ForcedRecord) -> ProbeReport:

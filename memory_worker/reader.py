@@ -104,6 +104,7 @@ class ZepRead:
     thread_id: str
     lastn: int
     budget_seconds: float
+    view: str
 
 
 @dataclass(frozen=True)
@@ -188,7 +189,7 @@ class ReadPolicy:
         call_started = self.perf()
         outcome: ReadResult = Failure(Reason.TIMEOUT)
         if remaining > 0.002:
-            outcome = yield ZepRead(thread_id, _lastn(view, self.settings), remaining)
+            outcome = yield ZepRead(thread_id, _lastn(view, self.settings), remaining, view)
         took = self.perf() - call_started
         metrics.safe_inc(metrics.read_requests)
         metrics.safe_observe(metrics.read_latency, took)

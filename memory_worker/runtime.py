@@ -52,7 +52,7 @@ from memory_worker.reader import (
     ZepRead,
 )
 from memory_worker.writer import Writer
-from memory_worker.zep import ZepClient
+from memory_worker.zep import ZepApi, connect
 
 # A Redis that does not answer must cost a read milliseconds, not its budget.
 READ_PATH_REDIS_TIMEOUT_S = 0.05
@@ -65,7 +65,7 @@ class Runtime:
     """Everything one process needs to read context; built once, shared by threads."""
 
     def __init__(self, settings: Settings, *, clock: Clock = system_clock,
-                 zep: ZepClient | None = None) -> None:
+                 zep: ZepApi | None = None) -> None:
         self.settings = settings
         self.keys = Keys(settings.key_prefix)
         self.clock = clock
@@ -92,11 +92,11 @@ class Runtime:
         self._publisher: Publisher | None = None
 
     @property
-    def zep(self) -> ZepClient:
+    def zep(self) -> ZepApi:
         if self._zep is None:
             with self._zep_lock:
                 if self._zep is None:
-                    self._zep = ZepClient.from_settings(self.settings)
+                    self._zep = connect(self.settings, self.ops_conn)
         return self._zep
 
     @property
@@ -145,7 +145,7 @@ class Runtime:
 
     def _perform(self, step: Step) -> Any:
         if type(step) is ZepRead:
-            return self.zep.get_memory(step.thread_id, step.lastn, step.budget_seconds)
+            return self.zep.get_memory(step.thread_id, step.lastn, step.budget_seconds, step.view)
         if time.monotonic() < self._redis_down_until:
             return None
         try:
@@ -178,7 +178,8 @@ class Runtime:
 
     async def _aperform(self, step: Step, state: _AsyncRedis) -> Any:
         if isinstance(step, ZepRead):
-            return await self.zep.aget_memory(step.thread_id, step.lastn, step.budget_seconds)
+            return await self.zep.aget_memory(step.thread_id, step.lastn, step.budget_seconds,
+                                              step.view)
         if time.monotonic() < self._redis_down_until:
             return None
         try:
@@ -224,7 +225,7 @@ _default_lock = threading.Lock()
 
 
 def configure(settings: Settings | None = None, *, clock: Clock = system_clock,
-              zep: ZepClient | None = None) -> Runtime:
+              zep: ZepApi | None = None) -> Runtime:
     """Set this process's runtime (an application at start-up, or a test)."""
     runtime = Runtime(settings or Settings.from_env(), clock=clock, zep=zep)
     logs.use_format(runtime.settings.log_format)

@@ -45,7 +45,7 @@ from memory_worker.keys import Keys
 from memory_worker.ledger import Ledger
 from memory_worker.logs import log_event
 from memory_worker.messages import Payload, batches, zep_messages
-from memory_worker.zep import Failure, OutgoingMessage, Reason, WriteResult, Written, ZepClient
+from memory_worker.zep import Failure, OutgoingMessage, Reason, WriteResult, Written, ZepApi
 
 log = logging.getLogger("memory_worker.writer")
 
@@ -87,7 +87,7 @@ def backoff(failures: int, rand: Callable[[float, float], float] = random.unifor
 
 
 class Writer:
-    def __init__(self, conn: redis.Redis, settings: Settings, zep: ZepClient, *,
+    def __init__(self, conn: redis.Redis, settings: Settings, zep: ZepApi, *,
                  clock: Clock, keys: Keys | None = None, breaker: Breaker | None = None,
                  rand: Callable[[float, float], float] = random.uniform) -> None:
         self._conn = conn

@@ -36,10 +36,10 @@ from __future__ import annotations
 import enum
 import logging
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import partial
-from typing import Any, TypedDict, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypedDict, TypeVar
 
 import httpx
 from zep_python import Message
@@ -53,7 +53,17 @@ from memory_worker.ids import ID_RULE, is_valid_id
 from memory_worker.logs import log_event
 from memory_worker.zep_http import Call, Clients, acall, call_on_pool, parse_retry_after
 
+if TYPE_CHECKING:
+    import redis
+
 log = logging.getLogger("memory_worker.zep")
+
+# How many of a thread's latest messages are searched for a message whose earlier
+# attempt may have stored it: enough for the chunks of one message (at most 40 of
+# 100,000 characters) and the turns that other writers add meanwhile.
+LANDED_WINDOW = 200
+# A session no chat uses: the probe only asks whether Zep answers, and a 404 is an answer.
+PROBE_SESSION = "memory-worker-probe"
 
 _T = TypeVar("_T")
 _R = TypeVar("_R")
@@ -94,6 +104,7 @@ class Memory:
     context: str | None
     messages: tuple[ContextMessage, ...]
     facts: tuple[str, ...]
+    metadata: tuple[Mapping[str, Any] | None, ...] = ()  # of each message, in the same order
 
 
 class WriteStatus(enum.StrEnum):
@@ -120,6 +131,69 @@ class Failure:
 
 ReadResult = Memory | Failure
 WriteResult = Written | Failure
+Landed = frozenset[int]  # the chunk numbers (1-based) of a message found stored
+
+
+class ZepApi(Protocol):
+    """What the project needs of Zep, whichever API serves it (SPEC §12).
+
+    One implementation per API: ``ZepClient`` (v2, zep-python) here and
+    ``ZepV4Client`` (v4, zep-cloud) in ``zep_v4``; ``connect`` chooses once, from
+    ``ZEP_API_VERSION``. Callers see the same outcome types from both. ``view``
+    tells an API whose views cost different calls which parts are wanted.
+    """
+
+    def get_memory(self, session_id: str, lastn: int, budget_seconds: float | None = None,
+                   view: str | None = None) -> ReadResult: ...
+
+    async def aget_memory(self, session_id: str, lastn: int,
+                          budget_seconds: float | None = None,
+                          view: str | None = None) -> ReadResult: ...
+
+    def probe(self, budget_seconds: float | None = None) -> Failure | None:
+        """One request: None when Zep answered (a 404 counts), else the failure."""
+
+    def add_messages(self, session_id: str, messages: Sequence[OutgoingMessage],
+                     budget_seconds: float | None = None) -> WriteResult: ...
+
+    def add_session(self, session_id: str, user_id: str | None = None,
+                    budget_seconds: float | None = None) -> WriteResult: ...
+
+    def add_user(self, user_id: str, budget_seconds: float | None = None) -> WriteResult: ...
+
+    def landed(self, session_id: str, client_msg_id: str,
+               budget_seconds: float | None = None) -> Landed | Failure:
+        """The chunks of ``client_msg_id`` among the session's latest ``LANDED_WINDOW``
+        messages; a missing session has none."""
+
+    def close(self) -> None: ...
+
+    async def aclose(self) -> None: ...
+
+
+def connect(settings: Settings, conn: redis.Redis | None = None) -> ZepApi:
+    """The Zep client of ``ZEP_API_VERSION``; v4 keeps its id mapping in ``conn``."""
+    if settings.zep_api_version == "v4":
+        from memory_worker.zep_v4 import ZepV4Client
+
+        if conn is None:
+            from memory_worker.connections import redis_client
+
+            conn = redis_client(settings.redis_url)
+        return ZepV4Client.from_settings(settings, conn)
+    return ZepClient.from_settings(settings)
+
+
+def landed_chunks(metadata: Iterable[Mapping[str, Any] | None], client_msg_id: str) -> Landed:
+    """The chunk numbers of ``client_msg_id`` among stored messages' metadata."""
+    found: set[int] = set()
+    for entry in metadata:
+        if entry is None or entry.get("client_msg_id") != client_msg_id:
+            continue
+        chunk = entry.get("chunk", 1)
+        if isinstance(chunk, int | float) and not isinstance(chunk, bool):
+            found.add(int(chunk))
+    return frozenset(found)
 
 
 def check_id(value: object, name: str = "session_id") -> str:
@@ -172,9 +246,11 @@ class ZepClient:
     # reads
 
     def get_memory(
-        self, session_id: str, lastn: int, budget_seconds: float | None = None
+        self, session_id: str, lastn: int, budget_seconds: float | None = None,
+        view: str | None = None,
     ) -> ReadResult:
-        """The last ``lastn`` messages, summary, context and facts of a session."""
+        """The last ``lastn`` messages, summary, context and facts of a session (one call
+        serves every view on v2)."""
         check_id(session_id)
         _check_count(lastn)
         return self._call(
@@ -184,7 +260,8 @@ class ZepClient:
         )
 
     async def aget_memory(
-        self, session_id: str, lastn: int, budget_seconds: float | None = None
+        self, session_id: str, lastn: int, budget_seconds: float | None = None,
+        view: str | None = None,
     ) -> ReadResult:
         """``get_memory`` without blocking the event loop."""
         check_id(session_id)
@@ -194,6 +271,23 @@ class ZepClient:
             lambda sdk: sdk.memory.get(session_id, lastn=lastn),
             _memory, self._read_failure,
         )
+
+    def probe(self, budget_seconds: float | None = None) -> Failure | None:
+        """One read of a session no chat uses: None when Zep answered, a 404 included."""
+        outcome = self.get_memory(PROBE_SESSION, 1, _budget(budget_seconds,
+                                                            self.probe_budget_seconds))
+        if isinstance(outcome, Failure) and outcome.reason is not Reason.NOT_FOUND:
+            return outcome
+        return None
+
+    def landed(self, session_id: str, client_msg_id: str,
+               budget_seconds: float | None = None) -> Landed | Failure:
+        """Chunks of ``client_msg_id`` among the session's latest messages (one read)."""
+        outcome = self.get_memory(session_id, LANDED_WINDOW,
+                                  _budget(budget_seconds, self.write_budget_seconds))
+        if isinstance(outcome, Failure):
+            return frozenset() if outcome.reason is Reason.NOT_FOUND else outcome
+        return landed_chunks(outcome.metadata, client_msg_id)
 
     # writes
 
@@ -368,6 +462,8 @@ def _memory(value: SdkMemory) -> Memory:
         context=context if isinstance(context, str) else None,
         messages=messages,
         facts=tuple(facts or (value.facts or ())),
+        metadata=tuple(m.metadata if isinstance(m.metadata, dict) else None
+                       for m in value.messages or ()),
     )
 
 
