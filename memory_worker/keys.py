@@ -72,5 +72,9 @@ class Keys:
     def write_lease(self, client_msg_id: str) -> str:
         return f"{self.prefix}write:lease:{client_msg_id}"
 
+    def write_attempted(self, client_msg_id: str) -> str:
+        """Set when an attempt begins: a later one first asks Zep what already landed."""
+        return f"{self.prefix}write:attempted:{client_msg_id}"
+
     def enqueued(self, client_msg_id: str) -> str:
         return f"{self.prefix}write:enqueued:{client_msg_id}"

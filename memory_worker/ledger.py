@@ -136,7 +136,8 @@ class Ledger:
         if done_marker_ttl_s is not None:
             pipe.set(self._keys.write_done(client_msg_id), "1", ex=done_marker_ttl_s)
         pipe.zrem(self._keys.write_pending, client_msg_id)
-        pipe.delete(self._keys.write_pending_record(client_msg_id))
+        pipe.delete(self._keys.write_pending_record(client_msg_id),
+                    self._keys.write_attempted(client_msg_id))
         pipe.execute()
 
     def sweep(self, publish: Callable[[dict[str, Any]], None], now: float,

@@ -9,7 +9,16 @@ Exactly once rests on three things together:
 - a done-marker ``mem:write:done:{client_msg_id}`` set after success ends any
   later redelivery before it calls Zep;
 - an in-flight lease ``mem:write:lease:{client_msg_id}`` (``SET NX PX``) keeps
-  two workers from writing the same message at the same moment.
+  two workers from writing the same message at the same moment;
+- after an attempt whose outcome is unknown (a timeout or a dropped connection
+  after the request was sent, a 5xx that may have stored, a worker killed
+  mid-call), the next attempt asks Zep which chunks of the message already
+  landed (``ZepApi.landed``: its ``client_msg_id`` in the metadata of the
+  thread's latest messages) and sends only the others. v4 Zep refuses no
+  repeated message, so there this check carries the promise; on v2 it also
+  mends a batch that Zep reports as "already exists" while only some of its
+  chunks were stored. ``mem:write:attempted:{client_msg_id}`` marks that an
+  attempt began; the done check, the lease and that marker are one script.
 
 Retries: 429 waits ``Retry-After`` plus jitter and is no breaker failure;
 timeouts, 5xx and connection errors are breaker failures and back off
@@ -45,7 +54,15 @@ from memory_worker.keys import Keys
 from memory_worker.ledger import Ledger
 from memory_worker.logs import log_event
 from memory_worker.messages import Payload, batches, zep_messages
-from memory_worker.zep import Failure, OutgoingMessage, Reason, WriteResult, Written, ZepApi
+from memory_worker.zep import (
+    Failure,
+    OutgoingMessage,
+    Reason,
+    WriteResult,
+    WriteStatus,
+    Written,
+    ZepApi,
+)
 
 log = logging.getLogger("memory_worker.writer")
 
@@ -79,6 +96,19 @@ class DeadLetter:
 
 Verdict = Done | Retry | DeadLetter
 
+# KEYS: done-marker, lease, attempted marker. ARGV: lease token, lease ms, marker ttl s.
+# {0}: done already; {1, pttl}: another worker holds the lease; {2, n}: this caller
+# holds it, and n = 1 when an earlier attempt began (its outcome may be unknown).
+_BEGIN = """
+if redis.call('EXISTS', KEYS[1]) == 1 then return {0} end
+if not redis.call('SET', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[2]) then
+  return {1, redis.call('PTTL', KEYS[2])}
+end
+local before = redis.call('EXISTS', KEYS[3])
+redis.call('SET', KEYS[3], '1', 'EX', ARGV[3])
+return {2, before}
+"""
+
 
 def backoff(failures: int, rand: Callable[[float, float], float] = random.uniform) -> float:
     """Full jitter: uniform over [0, min(cap, base × 2^failures)]."""
@@ -97,24 +127,30 @@ class Writer:
         self._keys = keys or Keys(settings.key_prefix)
         self._breaker = breaker or Breaker(conn, self._keys, clock=clock)
         self._ledger = Ledger(conn, self._keys, settings.redeliver_after_seconds)
+        self._begin = conn.register_script(_BEGIN)
         self._rand = rand
 
     def deliver(self, payload: Payload, failures: int = 0, retries: int | None = None
                 ) -> Verdict:
         """One attempt; ``failures`` earlier attempts counted against the retry limit,
         ``retries`` earlier attempts in all (the exponent of waits that count nothing)."""
-        if self._conn.exists(self._keys.write_done(payload.client_msg_id)):
+        cmid = payload.client_msg_id
+        lease_key = self._keys.write_lease(cmid)
+        token = secrets.token_hex(8)
+        reply = self._begin(
+            keys=[self._keys.write_done(cmid), lease_key, self._keys.write_attempted(cmid)],
+            args=[token, self._lease_ms(), self._settings.write_max_age_seconds + 3600])
+        if int(reply[0]) == 0:
             metrics.safe_inc(metrics.write_skipped, reason="already_done")
             return Done("already_done")
-        if self._expired(payload):
-            return DeadLetter(EXPIRED, None)
-        lease_key = self._keys.write_lease(payload.client_msg_id)
-        token = secrets.token_hex(8)
-        if not self._conn.set(lease_key, token, nx=True, px=self._lease_ms()):
-            wait = max(1.0, (self._conn.pttl(lease_key) or 1000) / 1000)
+        if int(reply[0]) == 1:
+            wait = max(1.0, (int(reply[1]) if int(reply[1]) > 0 else 1000) / 1000)
             return Retry(wait + self._rand(0.0, 1.0), "in_flight", counts=False)
         try:
-            verdict = self._attempt(payload, failures, failures if retries is None else retries)
+            if self._expired(payload):
+                return DeadLetter(EXPIRED, None)
+            verdict = self._attempt(payload, failures, failures if retries is None else retries,
+                                    unsure=int(reply[1]) == 1)
         finally:
             delete_if_value(self._conn, lease_key, token)
         return self._within_age(payload, verdict)
@@ -145,14 +181,15 @@ class Writer:
         """
         return 4 * self._settings.zep_timeout_ms + 2000
 
-    def _attempt(self, payload: Payload, failures: int, retries: int) -> Verdict:
+    def _attempt(self, payload: Payload, failures: int, retries: int, *, unsure: bool
+                 ) -> Verdict:
         admission = self._breaker.allow()
         if not admission.allowed:
             metrics.safe_inc(metrics.write_failures, reason="circuit_open")
             wait = max(0.5, (admission.retry_at or self._clock()) - self._clock())
             return Retry(wait + self._rand(0.0, 1.0), "circuit_open", counts=False)
 
-        outcome = self._write(payload)
+        outcome = self._write(payload, unsure=unsure)
         if isinstance(outcome, Written):
             self._breaker.record_success(admission.trial)
             self._finish(payload)
@@ -198,18 +235,48 @@ class Writer:
         wait = max(0.5, admission.retry_at - self._clock())
         return Retry(wait + self._rand(0.0, 1.0), reason, counts=False, status_code=status_code)
 
-    def _write(self, payload: Payload) -> WriteResult:
+    def _write(self, payload: Payload, *, unsure: bool) -> WriteResult:
+        """Every chunk once, in order; ``unsure``: an earlier attempt may have stored some."""
+        messages = zep_messages(payload)
+        if unsure:
+            missing = self._missing(payload, messages)
+            if isinstance(missing, Failure):
+                return missing
+            if not missing:
+                log_event(log, "zep_write_found_landed", client_msg_id=payload.client_msg_id)
+                return Written(WriteStatus.ALREADY_STORED)
+            messages = missing
         outcome: WriteResult = Failure(Reason.CLIENT_ERROR, message="nothing to write")
-        for batch in batches(zep_messages(payload)):
-            outcome = self._add(payload, batch)
-            if isinstance(outcome, Failure) and outcome.reason is Reason.SESSION_NOT_FOUND:
-                created = self._create_session(payload)
-                if isinstance(created, Failure):
-                    return created
-                outcome = self._add(payload, batch)
+        for batch in batches(messages):
+            outcome = self._add_batch(payload, batch)
             if isinstance(outcome, Failure):
                 return outcome
         return outcome
+
+    def _add_batch(self, payload: Payload, batch: list[OutgoingMessage]) -> WriteResult:
+        outcome = self._add(payload, batch)
+        if isinstance(outcome, Failure) and outcome.reason is Reason.SESSION_NOT_FOUND:
+            created = self._create_session(payload)
+            if isinstance(created, Failure):
+                return created
+            outcome = self._add(payload, batch)
+        if (isinstance(outcome, Written) and outcome.status is WriteStatus.ALREADY_STORED
+                and len(batch) > 1):
+            # Zep refused the batch for a uuid it has: maybe only some of the batch.
+            missing = self._missing(payload, batch)
+            if isinstance(missing, Failure):
+                return missing
+            if missing:
+                outcome = self._add(payload, missing)
+        return outcome
+
+    def _missing(self, payload: Payload, messages: list[OutgoingMessage]
+                 ) -> list[OutgoingMessage] | Failure:
+        """The messages among ``messages`` whose chunk Zep does not have yet."""
+        landed = self._zep.landed(payload.thread_id, payload.client_msg_id)
+        if isinstance(landed, Failure):
+            return landed
+        return [m for m in messages if _chunk(m) not in landed]
 
     def _add(self, payload: Payload, batch: list[OutgoingMessage]) -> WriteResult:
         metrics.safe_inc(metrics.write_requests)
@@ -238,6 +305,11 @@ class Writer:
         turn writes, so dropping it here would make nearly every read a miss; the app holds
         the last turns itself, and ``memory-worker invalidate`` is there when it matters."""
         self._ledger.settle(payload.client_msg_id, done_marker_ttl_s=DONE_MARKER_TTL_S)
+
+
+def _chunk(message: OutgoingMessage) -> int:
+    chunk = (message.get("metadata") or {}).get("chunk", 1)
+    return int(chunk) if isinstance(chunk, int) else 1
 
 
 def _metric_reason(reason: Reason) -> str:

@@ -20,6 +20,7 @@ from memory_worker.writer import BACKOFF_CAP_S, DeadLetter, Done, Retry, Writer,
 from memory_worker.zep import ZepClient
 from memory_worker.zep_sim import Fault, ZepSimulator
 from tests.conftest import FakeClock
+from tests.processes import wait_for
 
 MEMORY = "*/sessions/*/memory"
 
@@ -84,7 +85,7 @@ def test_stored_then_failed_is_still_exactly_one_message(
     conn: redis.Redis, read_settings: Settings, sim: ZepSimulator, clock: FakeClock,
     fault: Fault,
 ) -> None:
-    """Zep stores and then fails: the retry finds the uuid taken and counts it as success."""
+    """Zep stores and then fails: the retry asks what landed and sends nothing again."""
     zep = ZepClient(sim.url, "test-key", write_budget_seconds=0.3)
     writer = Writer(conn, read_settings, zep, clock=clock, rand=upper)
     sim.ensure_session("t-1")
@@ -93,7 +94,34 @@ def test_stored_then_failed_is_still_exactly_one_message(
     assert isinstance(first, Retry) and first.counts
     assert writer.deliver(payload(), failures=1) == Done("stored")
     assert len(sim.messages("t-1")) == 1
+    # Counted in what was sent, not in what a deduplicating store kept (a request is
+    # logged when answered: the stalled one only after its latency).
+    wait_for(lambda: len(sim.requests_carrying("m-1")) >= 1, 10, "the first add to be logged")
+    assert len(sim.requests_carrying("m-1")) == 1
     zep.close()
+
+
+def test_a_batch_zep_calls_a_duplicate_that_only_partly_landed_converges_to_every_chunk(
+    writer: Writer, zep: ZepClient, sim: ZepSimulator
+) -> None:
+    """Chunks 1-2 of 5 are stored; the add of all five is refused as "already exists":
+    the missing 3-5 are added, each once, and nothing is lost."""
+    from memory_worker.messages import zep_messages
+
+    content = "".join(f"word{i:05d} " for i in range(1100))  # 11,000 characters: 5 chunks
+    message = payload(cmid="part", content=content, thread="t-part")
+    chunks = zep_messages(message)
+    assert len(chunks) == 5
+    sim.ensure_session("t-part")
+    zep.add_messages("t-part", chunks[:2])  # an earlier add that stored only these
+
+    assert writer.deliver(message) == Done("stored")
+
+    stored = sim.messages("t-part")
+    assert [m["metadata"]["chunk"] for m in stored] == [1, 2, 3, 4, 5]
+    assert "".join(m["content"] for m in stored) == content
+    for chunk in (3, 4, 5):
+        assert len(sim.requests_carrying("part", chunk)) == 2  # refused whole, then added
 
 
 def test_429_waits_retry_after_and_is_no_breaker_failure(
