@@ -92,10 +92,16 @@ def test_bare_number_grouped_like_a_phone_needs_no_context_word() -> None:
     assert redact_text("Ahmet: 533 334 66 48") == "Ahmet: [PHONE]"
 
 
-def test_a_bare_unformatted_number_without_context_is_kept() -> None:
-    """Ten bare digits alone could be anything; without words they stay."""
+def test_a_bare_unformatted_number_is_kept_when_words_name_something_else() -> None:
+    """Words saying code, listing or order keep ten bare digits."""
     assert redact_text("Kod 5321234567 geçerli mi?") == "Kod 5321234567 geçerli mi?"
-    assert redact_text("5321234567") == "5321234567"
+    assert redact_text("Bunu 4151036567 ile karşılaştır") == "Bunu 4151036567 ile karşılaştır"
+
+
+def test_a_bare_turkish_mobile_without_any_word_is_redacted() -> None:
+    """A leaked number costs more than a redacted listing number: 5xx alone is a phone."""
+    assert redact_text("5321234567") == "[PHONE]"
+    assert redact_text("Ahmet 5321112233") == "Ahmet [PHONE]"
 
 
 def test_cypriot_eight_digit_number_is_redacted_only_with_a_phone_word() -> None:
@@ -166,3 +172,63 @@ def test_a_phone_next_to_prices_times_and_dates_leaves_them_intact() -> None:
         "Whatsapp: [PHONE] Fiyat 23.210.000 TL. Ofis telefonu [PHONE], "
         "hafta içi 10.00-20.30 arası, randevu 05.11.2024."
     )
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("tel.0542 111 22 33", "tel.[PHONE]"),
+        ("tel.+44 7700 900123", "tel.[PHONE]"),
+        ("tel.+7 (495) 123-45-67", "tel.[PHONE]"),
+        ("tel.05331112233", "tel.[PHONE]"),
+        ("tel:+49 30/12345678 (whatsapp)", "tel:[PHONE] (whatsapp)"),
+        ("Tel05331112233", "Tel[PHONE]"),
+        ("☎0533 111 22 33", "☎[PHONE]"),
+        ("📞 5321112233", "📞 [PHONE]"),
+        ("whatsapp:+905331112233", "whatsapp:[PHONE]"),
+        ("Numaram:0533 111 22 33", "Numaram:[PHONE]"),
+        ("Müşterinin numarası 0533 111 22 33, maili a@b.com, ilan no 5123456",
+         "Müşterinin numarası [PHONE], maili [EMAIL], ilan no 5123456"),
+        ("sipariş no 7530000000. Müşterinin numarası 0507 111 2233",
+         "sipariş no 7530000000. Müşterinin numarası [PHONE]"),
+        ("0 532 111 22 33'ü ara", "[PHONE]'ü ara"),
+        ("90 216 111 22 33", "[PHONE]"),
+        ("Ara: 90 554 111 22 33", "Ara: [PHONE]"),
+        ("5321112233 numaramdan whatsapp'tan yazın", "[PHONE] numaramdan whatsapp'tan yazın"),
+        ("Türkiye numaram 501 111 2233", "Türkiye numaram [PHONE]"),
+        ("542 111 2233", "[PHONE]"),
+        ("+49 30/12345678", "[PHONE]"),
+        ("+7 (912) 123-45-67", "[PHONE]"),
+        ("+44 7700 900123", "[PHONE]"),
+        ("İlan no 1234. 0392 444 11 22’u ara", "İlan no 1234. [PHONE]’u ara"),
+        ("Ev sahibinin numarası 96108868'a yazın", "Ev sahibinin numarası [PHONE]'a yazın"),
+    ],
+)
+def test_the_shapes_that_leaked_are_redacted(text: str, expected: str) -> None:
+    """Labels glued before, listing numbers nearby, a separated 0, a country code without +."""
+    assert redact_text(text) == expected
+
+
+@pytest.mark.parametrize(
+    "number",
+    ["030 12345678", "030/12345678", "0151 23456789", "8 (495) 123-45-67", "8 912 123 45 67",
+     "(213) 915-1484", "213-915-1484", "1-213-915-1484", "7 495 123 45 67", "357 99 123456",
+     "44 7700 900123", "0044 7700 900123", "wa.me/905331112233"],
+)
+def test_german_russian_and_us_national_forms_are_redacted(number: str) -> None:
+    """National forms of Germany, Russia and the US, and country codes without +."""
+    assert "[PHONE]" in redact_text(f"Telefon: {number}")
+    assert not any(char.isdigit() for char in redact_text(f"Telefon: {number}"))
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["Ref: 5321234567 0533 111 22 33 ara, ben bakarım", "İlan no 5323617104 +1 201 237 2160'ı ara",
+     "TCKN: 34628512416 tel: 0533 111 22 33", "IBAN GB82 MIDL 0721 7362 3835 40 tel 0533 111 22 33",
+     "kimlik numaram 32468239906 whatsapp: 0533 111 22 33"],
+)
+def test_a_phone_word_after_another_figure_does_not_make_it_a_phone(text: str) -> None:
+    """Words after a listing number or an ID speak of the phone that follows, not of it."""
+    redacted = redact_text(text)
+    kept = [chunk for chunk in text.split() if chunk.isdigit() and len(chunk) >= 10][:1]
+    assert all(chunk in redacted for chunk in kept) and "[PHONE]" in redacted

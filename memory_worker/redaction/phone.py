@@ -1,118 +1,127 @@
 """Telephone numbers: cheap candidate runs, then numbering-plan validation.
 
-1. One possessive regex finds *runs*: digit groups joined by one space, dot
-   or hyphen, optionally in parentheses, optionally after ``+``. Possessive
-   quantifiers never give back, so a run costs one pass over its characters
-   whatever it holds (``'1 ' * 20000`` is a single run, read once).
-2. A run is first judged whole. When it fails and has spaces in it, it may
-   hold two numbers side by side or a number plus a stray group
-   ("... 45 67 2+1"), so it is cut at its spaces into the longest segments
-   that pass, within a budget of checks that grows with the run.
-3. A segment is a phone when it validates for its written form: ``+`` (any
-   country), ``00`` (dialled abroad), trunk ``0`` (Turkey, Britain) or bare
-   digits (Turkey, Cyprus). Bare digits also need the words around them to
-   say "phone", or a phone-like grouping (``533 334 66 48``) without words
-   saying "listing", because bare 10-digit listing and order numbers look
-   the same as mobile numbers.
+1. One possessive regex finds *runs*: digit groups joined by one space, dot,
+   hyphen or slash, optionally in parentheses, optionally after ``+``.
+   Possessive quantifiers never give back, so a run costs one pass over its
+   characters whatever it holds (``'1 ' * 20000`` is a single run, read once).
+2. A run is first judged whole. When it fails it may hold two numbers side
+   by side, or a number next to another figure ("ilan no 5123456 0 532 ...",
+   "... 45 67 2+1"), so it is cut at its spaces and slashes into the longest
+   segments that pass, within a budget of checks that grows with the run.
+3. A segment is a phone when it validates for its written form (see
+   ``phone_plan``): ``+`` (any country), ``00`` (dialled abroad), trunk ``0``
+   (Turkey, Britain, Germany) or bare digits. Written with a prefix, a valid
+   number is a phone whatever the words around it say. Bare digits also need
+   a phone-like grouping (``533 334 66 48``, ``90 216 111 22 33``) or words
+   saying "phone", and no words saying "listing" or "order": bare 10-digit
+   listing and order numbers look the same as mobile numbers. An unformatted
+   Turkish mobile (``5321112233``) with no telling word at all is a phone:
+   a leaked number costs more than a redacted listing number.
 
-Prices, dates, times, years, room counts, areas, IBANs, TCKN, plates and
-versions fail on length, on the characters glued to them or on validation.
+A label or letters glued before a number (``tel.0542...``, ``Tel:+44...``,
+``whatsapp:0533...``) and a Turkish suffix after it (``'ü``, ``’u``, ``den``)
+do not hide it. Prices, dates, times, years, room counts, areas, IBANs, TCKN,
+plates and versions fail on length, on the characters glued to them, on their
+grouping or on validation.
 """
 
 from __future__ import annotations
 
 import re
 import unicodedata
-from collections.abc import Callable
-from typing import Literal
 
 from memory_worker.redaction import phone_plan
 from memory_worker.redaction.phone_context import Cue, cue_after, cue_before
+from memory_worker.redaction.phone_shape import (
+    grouped_like_phone,
+    looks_like_amount,
+    looks_like_date,
+)
 from memory_worker.redaction.spans import Span
 
+_SEPARATOR = r"[ \u00a0.\-/]"
 _RUN = re.compile(
-    r"(?=[+(\d][\d ()\u00a0.\-]{7})"   # at least eight characters: skip short figures in C
-    r"\+?+\(?+\d++\)?+(?:[ \u00a0.\-]?+\(?+\d++\)?+)*+"
+    r"(?=[+(\d][\d ()\u00a0.\-/]{7})"   # at least eight characters: skip short figures in C
+    rf"\+?+\(?+\d++\)?+(?:{_SEPARATOR}?+\(?+\d++\)?+)*+"
 )
-_CHUNK = re.compile(r"\S+")
+_CUT = re.compile(r"[^\s/]+")
 _DIGITS = re.compile(r"\d+")
 _NON_DIGIT = re.compile(r"\D+")
 _UNIT_AFTER = re.compile(
-    r"\s?(?:(?:y?tl|try|usd|eur|gbp|m2|sqm|km|kg|bin|milyon|million)(?![^\W\d_])|[₺€$£%°²])",
+    r"\s?(?:(?:y?tl|try|usd|eur|gbp|m2|sqm|km|kg|bin|milyon|million|k)(?![^\W\d_])|[₺€$£%°²])",
     re.IGNORECASE,
 )
+# International bank account numbers: two letters, two check digits, then
+# groups of four (letters allowed). Their digits are never phone numbers.
+_IBAN = re.compile(
+    r"(?<![A-Za-z0-9])[A-Z]{2}\d{2}(?:[ \u00a0]?[A-Z0-9]{4}){2,8}(?:[ \u00a0]?[A-Z0-9]{1,3})?"
+    r"(?![A-Za-z0-9])"
+)
+_HAS_IBAN = re.compile(r"[A-Z]{2}\d\d").search
+_MESSENGER_LINK = re.compile(r"(?:wa\.me|whatsapp\.com/send\?phone=|t\.me|viber://chat\?number=)$",
+                             re.IGNORECASE)
 
 _SHORTEST = 8           # no number we accept has fewer digits
 _LONGEST_RUN = 120      # eight numbers side by side; longer runs are not lists of phones
 _CHUNKS_PER_NUMBER = 7  # "00 90 533 289 75 21" has six
-_CHARACTERS_PER_CHECK = 14  # a split run may cost about one full check per number it can hold
+_CHARACTERS_PER_CHECK = 8  # a split run may cost about one full check per number it can hold
 
-# A number does not continue a word, a decimal, a code, a path, an amount or
-# (so that a later pass judges it as this one did) a placeholder.
-_GLUED_BEFORE = frozenset("_+-.,#@=&%$£€₺¥\\]")
+# A number does not continue a decimal, a code, an amount or (so that a
+# later pass judges it as this one did) a placeholder.
+_GLUED_BEFORE = frozenset("_+-,#@=&%$£€₺¥\\]")
 _GLUED_AFTER = frozenset("_%°@$£€₺¥[")
 
 # How a number is written, and the digit counts each form can have.
-Form = Literal["plus", "abroad", "trunk", "bare"]
-_DIGIT_COUNTS: dict[Form, frozenset[int]] = {
+_FORMS = ("plus", "abroad", "trunk", "bare")
+_DIGIT_COUNTS: dict[str, frozenset[int]] = {
     "plus": frozenset(range(8, 16)),
     "abroad": frozenset(range(10, 18)),
-    "trunk": frozenset({10, 11}),
-    "bare": frozenset({8, 10, 11, 12}),
+    "trunk": frozenset(range(9, 13)),
+    "bare": frozenset({8, 9, 10, 11, 12, 13}),
 }
 
-
-# Numbering-plan verdicts already given in this text, by written form and digits:
-# a message that repeats a number (or a hostile one that repeats it thousands
-# of times) asks the library once.
-Verdicts = dict[tuple[Form, str], bool]
-
-_PLAN: dict[Form, Callable[[str], bool]] = {
-    "plus": phone_plan.international,
-    "abroad": phone_plan.dialled_abroad,
-    "trunk": phone_plan.national,
-    "bare": phone_plan.bare,
-}
+# Numbering-plan answers already given in this text, by written form and
+# digits: a message that repeats a number (or a hostile one that repeats it
+# thousands of times) asks the plans once.
+Answer = bool | str | tuple[phone_plan.Reading, ...] | None
+Verdicts = dict[tuple[str, str], Answer]
 
 
 def find_phones(text: str) -> list[Span]:
     """Every telephone number in ``text``, in order, without overlaps."""
     spans: list[Span] = []
-    verdicts: Verdicts = {}
+    plans: Verdicts = {}
+    ibans: list[tuple[int, int]] | None = None
     for run in _RUN.finditer(text):
         start, end = run.span()
         raw = run.group()
-        if not (_SHORTEST <= end - start <= _LONGEST_RUN and _may_hold_phone(raw)):
+        if not (_SHORTEST <= end - start <= _LONGEST_RUN) or _digit_count(raw) < _SHORTEST:
+            continue
+        if ibans is None:
+            ibans = [match.span() for match in _IBAN.finditer(text)] if _HAS_IBAN(text) else []
+        if ibans and any(a < end and start < b for a, b in ibans):
             continue
         whole = _outside_parentheses(text, start, end)
-        if _is_phone(text, whole, verdicts):
+        if _is_phone(text, whole, plans):
             spans.append(whole)
-        elif (" " in raw or "\u00a0" in raw) and not _continues_a_word(text, start):
-            spans.extend(_split_run(text, start, end, verdicts))
+        elif any(mark in raw for mark in " \u00a0/"):
+            spans.extend(_split_run(text, start, end, plans))
     return spans
 
 
-def _may_hold_phone(raw: str) -> bool:
-    """Cheap refusals: too few digits, or one dotted bare figure (date, price, range)."""
-    if len(_NON_DIGIT.sub("", raw)) < _SHORTEST:
-        return False
-    return raw[0] in "+(0" or "." not in raw or " " in raw
+def _digit_count(raw: str) -> int:
+    return len(_NON_DIGIT.sub("", raw))
 
 
-def _continues_a_word(text: str, start: int) -> bool:
-    """A run glued to a word is the body of a code (``TR42 0001 0024 ...``), not a list."""
-    return start > 0 and text[start - 1].isalnum()
+def _split_run(text: str, start: int, end: int, plans: Verdicts) -> list[Span]:
+    """The phones in a run that is not one phone, cut at its spaces and slashes.
 
-
-def _split_run(text: str, start: int, end: int, verdicts: Verdicts) -> list[Span]:
-    """The phones in a run that is not one phone, cut at its spaces, longest first.
-
-    Inside a run only a trunk ``0`` or an area code in parentheses starts a
-    further number: anything else is the tail of the number before it. The
-    digits are read once, so a segment of a length its form cannot have costs
-    one subtraction; full checks are budgeted by the run's size.
+    From each chunk, the longest segment that passes is taken and the search
+    goes on after it. The digits are read once, so a segment of a length its
+    form cannot have costs one subtraction; full checks are budgeted by the
+    run's size.
     """
-    chunks = [m.span() for m in _CHUNK.finditer(text, start, end)]
+    chunks = [m.span() for m in _CUT.finditer(text, start, end)]
     digits = [_digits(text[a:b]) for a, b in chunks]
     digits_before = [0]
     for chunk in digits:
@@ -122,20 +131,20 @@ def _split_run(text: str, start: int, end: int, verdicts: Verdicts) -> list[Span
     first = 0
     while first < len(chunks) and checks > 0:
         last = None
-        if first == 0 or text[chunks[first][0]] in "0(":
-            counts = _DIGIT_COUNTS[_form(text[chunks[first][0]], "".join(digits[first:first + 2]))]
-            for candidate in range(min(len(chunks), first + _CHUNKS_PER_NUMBER), first, -1):
-                size = digits_before[candidate] - digits_before[first]
-                if size not in counts or (first == 0 and candidate == len(chunks)):
-                    continue  # a length this form cannot have, or the whole run, judged already
-                checks -= 1
-                segment = _outside_parentheses(text, chunks[first][0], chunks[candidate - 1][1])
-                if _is_phone(text, segment, verdicts):
-                    found.append(segment)
-                    last = candidate
-                    break
-                if checks == 0:
-                    break
+        head = text[chunks[first][0]]
+        counts = _DIGIT_COUNTS[_form(head, "".join(digits[first:first + 2]))]
+        for candidate in range(min(len(chunks), first + _CHUNKS_PER_NUMBER), first, -1):
+            size = digits_before[candidate] - digits_before[first]
+            if size not in counts or (first == 0 and candidate == len(chunks)):
+                continue  # a length this form cannot have, or the whole run, judged already
+            checks -= 1
+            segment = _outside_parentheses(text, chunks[first][0], chunks[candidate - 1][1])
+            if _is_phone(text, segment, plans):
+                found.append(segment)
+                last = candidate
+                break
+            if checks == 0:
+                break
         first = last if last is not None else first + 1
     return found
 
@@ -157,43 +166,7 @@ def _digits(raw: str) -> str:
     return "".join(str(unicodedata.digit(char, 0)) for char in digits)
 
 
-def _is_phone(text: str, segment: Span, verdicts: Verdicts) -> bool:
-    """The whole judgement of one segment: length, glue, words, numbering plan."""
-    raw = text[segment.start:segment.end]
-    digits = _digits(raw)
-    form = _form(raw[0], digits)
-    if len(digits) not in _DIGIT_COUNTS[form] or _glued(text, segment, form):
-        return False
-    if form == "plus":
-        # "+44 (0) 7840 ...": the bracketed trunk zero is not dialled from abroad.
-        digits = _digits(raw.replace("(0)", "", 1))
-    elif form == "bare":
-        if phone_plan.bare_reading(digits) is None or not _is_bare_phone(text, segment, raw):
-            return False
-    elif cue_before(text, segment.start) is Cue.OTHER:
-        return False
-    key = (form, digits)
-    verdict = verdicts.get(key)
-    if verdict is None:
-        verdict = verdicts[key] = _PLAN[form](digits)
-    return verdict
-
-
-def _is_bare_phone(text: str, segment: Span, raw: str) -> bool:
-    """Whether bare digits read as a phone here (before the numbering-plan check)."""
-    sizes = [len(group) for group in _DIGITS.findall(raw)]
-    if "." in raw or _looks_like_amount(sizes):
-        return False
-    after = cue_after(text, segment.end)
-    before = cue_before(text, segment.start)
-    if Cue.OTHER in (after, before):
-        return False
-    if Cue.PHONE in (after, before):
-        return True
-    return sum(sizes) == 10 and _grouped_like_phone(sizes)
-
-
-def _form(first_character: str, digits: str) -> Form:
+def _form(first_character: str, digits: str) -> str:
     """How the number is written, from its first character and its digits."""
     if first_character == "+":
         return "plus"
@@ -202,33 +175,121 @@ def _form(first_character: str, digits: str) -> Form:
     return "trunk" if digits.startswith("0") else "bare"
 
 
-def _glued(text: str, segment: Span, form: Form) -> bool:
-    """True when the segment continues a word, a number, a path or an amount."""
+def _is_phone(text: str, segment: Span, plans: Verdicts) -> bool:
+    """The whole judgement of one segment: length, glue, grouping, words, numbering plan."""
+    raw = text[segment.start:segment.end]
+    digits = _digits(raw)
+    form = _form(raw[0], digits)
+    if len(digits) not in _DIGIT_COUNTS[form] or _glued(text, segment, form):
+        return False
+    if form == "plus":
+        # "+44 (0) 7840 ...": the bracketed trunk zero is not dialled from abroad.
+        return bool(_plan(plans, form, _digits(raw.replace("(0)", "", 1)), raw))
+    sizes = [len(group) for group in _DIGITS.findall(raw)]
+    if looks_like_date(raw, sizes):
+        return False
+    if form == "abroad":
+        return bool(_plan(plans, form, digits, raw))
+    if form == "trunk":
+        return _plan(plans, form, digits, raw) is not None
+    readings = _plan(plans, form, digits, raw)
+    return isinstance(readings, tuple) and bool(readings) and _is_bare_phone(
+        text, segment, raw, sizes, readings)
+
+
+def _plan(plans: Verdicts, form: str, digits: str, raw: str) -> Answer:
+    """The numbering-plan answer for one form and digits, asked once per text."""
+    separated = form == "abroad" and not raw[2:3].isdigit() and raw[:2] == "00"
+    key = (form + ("+" if separated else ""), digits)
+    if key not in plans:
+        if form == "plus":
+            plans[key] = phone_plan.international(digits)
+        elif form == "abroad":
+            plans[key] = phone_plan.dialled_abroad(digits, separated=separated)
+        elif form == "trunk":
+            plans[key] = phone_plan.national(digits)
+        else:
+            plans[key] = phone_plan.bare_readings(digits)
+    return plans[key]
+
+
+def _is_bare_phone(text: str, segment: Span, raw: str, sizes: list[int],
+                   readings: tuple[phone_plan.Reading, ...]) -> bool:
+    """Whether bare digits with a valid reading are a phone here.
+
+    In order: a qualifier after the number ("numaralı ilan") keeps it; a
+    phone-like grouping makes it a phone; then the nearest telling word
+    before it, in its sentence, decides, and words saying listing or order
+    win over words saying phone after it; an unformatted Turkish mobile
+    with no telling word at all is a phone.
+    """
+    after = cue_after(text, segment.end)
+    if after is Cue.OTHER:
+        return False  # "5336524085 numaralı ilan"
+    if any(grouped_like_phone(reading, sizes) for reading in readings):
+        return True
+    if "." in raw:
+        return False  # dotted bare figures are dates, prices and versions unless grouped
+    before = cue_before(text, segment.start)
+    if before is Cue.OTHER:
+        return False
+    if looks_like_amount(raw, sizes) and (any(mark in raw for mark in ",/") or (
+            before is not Cue.PHONE and after is not Cue.PHONE)):
+        return False
+    if Cue.PHONE in (before, after):
+        return True
+    if len(sizes) > 1:
+        return False
+    # No telling word: a Turkish mobile, or a Turkish, Cypriot or British
+    # number after its country code, is taken for a phone.
+    return any(
+        (reading.kind == "tr" and raw[0] == "5")
+        or (reading.kind == "country_code" and reading.country_code in _OWN_COUNTRY_CODES)
+        for reading in readings
+    )
+
+
+_OWN_COUNTRY_CODES = frozenset({phone_plan.TR, phone_plan.CY, phone_plan.GB})
+
+
+def _glued(text: str, segment: Span, form: str) -> bool:
+    """True when the segment continues a number, a code, a path or an amount.
+
+    Letters before a number are a label (``tel.``, ``Tel:``, ``whatsapp:``,
+    ``Numaram``) unless they are themselves glued to digits (a code such as
+    ``A1B05331234567``); letters after it are a Turkish suffix.
+    """
     start, end = segment.start, segment.end
     if start > 0:
         before = text[start - 1]
-        if before.isalnum() or before in _GLUED_BEFORE:
+        if before.isalpha():
+            if _label_is_a_code(text, start - 1):
+                return True
+        elif before.isdigit() or before in _GLUED_BEFORE:
             return True
-        if before == "/" and form == "bare":
+        elif before in ".:":
+            # "tel.0542", "Tel:+44" are labels; "1.5", "10:05" go on a figure.
+            previous = text[start - 2] if start > 1 else ""
+            if (before == "." and not previous.isalpha()) or previous.isdigit():
+                return True
+        elif before == "/" and form == "bare" and not _MESSENGER_LINK.search(text, 0, start - 1):
             return True
     if end < len(text):
         after = text[end]
-        if after.isalnum() or after in _GLUED_AFTER:
+        if after.isdigit() or after in _GLUED_AFTER:
             return True
-        if after in ",+" and text[end + 1:end + 2].isdigit():
+        if after.isalpha() and (form == "bare" and not after.islower()):
+            return True
+        if after in ",+." and text[end + 1:end + 2].isdigit():
             return True  # "1,500", "2+1": the figure goes on
         if after == "/" and form == "bare":
-            return True  # a path, a ratio or a date; "0533 ... / 0542 ..." lists keep their 0
+            return True  # a path, a ratio or a date
     return _UNIT_AFTER.match(text, end) is not None
 
 
-def _looks_like_amount(sizes: list[int]) -> bool:
-    """Thousands grouping (``23 210 000``) or a date's 2-2-4 / 4-2-2 grouping."""
-    if len(sizes) >= 3 and all(size == 3 for size in sizes[1:]):
-        return True
-    return sizes in ([2, 2, 4], [4, 2, 2], [1, 2, 4])
-
-
-def _grouped_like_phone(sizes: list[int]) -> bool:
-    """A 3-digit operator or area code written apart: ``533 334 66 48``, ``(545) 678-0231``."""
-    return len(sizes) >= 2 and sizes[0] == 3
+def _label_is_a_code(text: str, index: int) -> bool:
+    """Whether the letters ending at ``index`` follow a digit or a joiner (a code)."""
+    floor = max(0, index - 24)
+    while index >= floor and text[index].isalpha():
+        index -= 1
+    return index >= 0 and (text[index].isdigit() or text[index] in "_-/#")

@@ -1,124 +1,199 @@
-"""Numbering-plan checks: does a digit string form a real telephone number?
+"""Numbering plans: does a digit string form a real telephone number?
 
-Validation is libphonenumber's (the ``phonenumbers`` package). The regions
-tried for national numbers are the ones the chat's users dial from: Turkey
-(North Cyprus is +90 392), the Republic of Cyprus and the United Kingdom.
-Each check first rejects on length and leading digit, which costs nothing,
-so the library is only asked about strings that could be numbers at all.
+The plans are libphonenumber's (the ``phonenumbers`` package), read once per
+country code into one compiled pattern per number length, so a check is a
+dictionary look-up and one regex match instead of the library's walk over
+every number type. A number is *valid* when it matches its plan's general
+pattern and one number type, exactly as ``phonenumbers.is_valid_number``
+decides; it is *possible* when its length is one the plan allows.
+
+Written forms map onto the plans as follows:
+
+- ``+`` and ``00``: a country code of any country the library knows;
+- trunk ``0`` (national): Turkey (North Cyprus is +90 392 and +90 533/542/548),
+  the United Kingdom and Germany;
+- bare digits: a Turkish, US or Cypriot national number, a Russian one after
+  its trunk ``8``, or any country code written without ``+``.
 """
 
 from __future__ import annotations
 
-from typing import NamedTuple
+import re
+from functools import cache
+from typing import Literal, NamedTuple
 
 import phonenumbers
-from phonenumbers import NumberParseException, PhoneNumber
+from phonenumbers import NumberParseException, PhoneMetadata
 
-_TR, _CY, _GB = 90, 357, 44
+TR, CY, GB, DE, RU, US = 90, 357, 44, 49, 7, 1
 
-# Turkish geographic and mobile numbers start with 2, 3, 4 or 5 after the
-# trunk 0; British ones with 1, 2 or 3 (geographic), 7 (mobile) or 8.
-_TR_LEADS = "2345"
-_GB_LEADS = "12378"
-_CY_LEADS = "29"
+_TYPES = ("premium_rate", "toll_free", "shared_cost", "voip", "personal_number", "pager", "uan",
+          "voicemail", "fixed_line", "mobile")
 
 
-def _valid(country_code: int, national: str) -> bool:
-    number = PhoneNumber(country_code=country_code, national_number=int(national))
-    return bool(phonenumbers.is_valid_number(number))
+class _Plan(NamedTuple):
+    """One region's plan: per national length, the patterns a valid number matches."""
+
+    general: re.Pattern[str]
+    by_length: dict[int, re.Pattern[str]]
+    possible_lengths: frozenset[int]
+
+
+def _region_plan(metadata: PhoneMetadata) -> _Plan | None:
+    general = metadata.general_desc
+    if general is None or general.national_number_pattern is None:
+        return None
+    lengths = set(general.possible_length) | set(general.possible_length_local_only)
+    by_length: dict[int, list[str]] = {}
+    for name in _TYPES:
+        desc = getattr(metadata, name, None)
+        if desc is None or desc.national_number_pattern is None:
+            continue
+        for size in desc.possible_length or general.possible_length:
+            by_length.setdefault(size, []).append(desc.national_number_pattern)
+    return _Plan(
+        general=re.compile(general.national_number_pattern),
+        by_length={size: re.compile("|".join(f"(?:{p})" for p in patterns))
+                   for size, patterns in by_length.items()
+                   if size in general.possible_length},
+        possible_lengths=frozenset(lengths),
+    )
+
+
+@cache
+def _plans(country_code: int) -> tuple[_Plan, ...]:
+    """The plans of every region sharing ``country_code`` (main region first)."""
+    plans: list[_Plan] = []
+    for region in phonenumbers.COUNTRY_CODE_TO_REGION_CODE.get(country_code, ()):
+        metadata = (PhoneMetadata.metadata_for_nongeo_region(country_code) if region == "001"
+                    else PhoneMetadata.metadata_for_region(region))
+        plan = None if metadata is None else _region_plan(metadata)
+        if plan is not None:
+            plans.append(plan)
+    return tuple(plans)
+
+
+def valid(country_code: int, national: str) -> bool:
+    """``national`` is a valid number of some region of ``country_code``."""
+    size = len(national)
+    for plan in _plans(country_code):
+        pattern = plan.by_length.get(size)
+        if pattern is not None and plan.general.fullmatch(national) and pattern.fullmatch(national):
+            return True
+    return False
+
+
+def possible(country_code: int, national: str) -> bool:
+    """``national`` has a length the main plan of ``country_code`` allows."""
+    plans = _plans(country_code)
+    return bool(plans) and len(national) in plans[0].possible_lengths
+
+
+def _fictional_or_new_gb_mobile(country_code: int, national: str) -> bool:
+    """``7`` + nine digits is a British mobile by its shape alone (no Turkish
+    number starts with 7), also in ranges the library holds back, such as the
+    07700 900xxx numbers reserved for fiction."""
+    return country_code == GB and len(national) == 10 and national[0] == "7"
+
+
+def valid_or_gb_mobile(country_code: int, national: str) -> bool:
+    """``valid``, widened to every British mobile-shaped number."""
+    return valid(country_code, national) or _fictional_or_new_gb_mobile(country_code, national)
+
+
+def split_country_code(digits: str) -> tuple[int, str] | None:
+    """Country code and national number; codes are prefix-free, so the first known one is it."""
+    if digits.startswith("0"):
+        return None
+    for size in (1, 2, 3):
+        code = int(digits[:size])
+        if code in phonenumbers.COUNTRY_CODE_TO_REGION_CODE:
+            return code, digits[size:]
+    return None
 
 
 def international(digits: str) -> bool:
     """Digits written after ``+``: a valid number, or one of a possible length.
 
     Nothing else people write starts with ``+`` and eight or more digits, so a
-    number outside the library's known ranges is still taken as a phone. The
-    common case is checked on a number built from the digits directly; the
-    library's full parser settles the rest (national prefixes after the
-    country code, leading zeros).
+    number outside the library's known ranges is still taken as a phone. A
+    national trunk prefix kept after the country code (``+90 0533 ...``) is
+    left to the library's own parser.
     """
-    quick = _with_country_code(digits)
-    if quick is not None and _valid_or_possible(quick):
-        return True
+    split = split_country_code(digits)
+    if split is not None and split[1] and not split[1].startswith("0"):
+        code, national = split
+        if valid_or_gb_mobile(code, national) or possible(code, national):
+            return True
     try:
-        return _valid_or_possible(phonenumbers.parse("+" + digits, None))
+        number = phonenumbers.parse("+" + digits, None)
     except NumberParseException:
         return False
-
-
-def _valid_or_possible(number: PhoneNumber) -> bool:
     return bool(phonenumbers.is_valid_number(number) or phonenumbers.is_possible_number(number))
 
 
-def _with_country_code(digits: str) -> PhoneNumber | None:
-    """Split off the country code; codes are prefix-free, so the first known one is it."""
-    if digits.startswith("0"):
-        return None
-    for size in (1, 2, 3):
-        code = int(digits[:size])
-        if code in phonenumbers.COUNTRY_CODE_TO_REGION_CODE:
-            national = digits[size:]
-            if not national or national.startswith("0"):
-                return None
-            return PhoneNumber(country_code=code, national_number=int(national))
+def dialled_abroad(digits: str, *, separated: bool) -> bool:
+    """``00`` + country code + number, as dialled from Turkey, Cyprus, Britain or Europe.
+
+    A number the plan does not know but of a possible length counts when it
+    is written apart from its prefix (``00 44 7700 900123``): run-together
+    zeros and digits are more often a reference than a phone.
+    """
+    split = split_country_code(digits[2:])
+    if split is None or not split[1] or split[1].startswith("0"):
+        return False
+    code, national = split
+    return valid_or_gb_mobile(code, national) or (separated and possible(code, national))
+
+
+NationalPlan = Literal["TR", "GB", "DE"]
+
+
+def national(digits: str) -> NationalPlan | None:
+    """Which plan a number dialled with trunk ``0`` belongs to, if any.
+
+    Turkey first (0 + ten digits), then the United Kingdom (0 + nine or ten)
+    and Germany (0 + eight to eleven).
+    """
+    rest = digits[1:]
+    if len(rest) == 10 and rest[0] in "2345" and valid(TR, rest):
+        return "TR"
+    if len(rest) in (9, 10) and rest[0] in "12378" and valid_or_gb_mobile(GB, rest):
+        return "GB"
+    if 8 <= len(rest) <= 11 and valid(DE, rest):
+        return "DE"
     return None
 
 
-def dialled_abroad(digits: str) -> bool:
-    """``00`` + country code + number, as dialled from Turkey, Cyprus or Britain."""
-    if len(digits) < 10 or digits[2] == "0":
-        return False
-    try:
-        number = phonenumbers.parse("+" + digits[2:], None)
-    except NumberParseException:
-        return False
-    return bool(phonenumbers.is_valid_number(number))
-
-
-def national(digits: str) -> bool:
-    """Trunk ``0`` + a Turkish or British national number.
-
-    ``07`` + nine digits is a British mobile by its shape alone (no Turkish
-    number starts with 7), so it counts even in ranges the library holds
-    back, such as the 07700 900xxx numbers reserved for fiction.
-    """
-    rest = digits[1:]
-    if len(rest) == 10 and rest[0] in _TR_LEADS and _valid(_TR, rest):
-        return True
-    if len(rest) not in (9, 10) or rest[0] not in _GB_LEADS:
-        return False
-    number = PhoneNumber(country_code=_GB, national_number=int(rest))
-    if phonenumbers.is_valid_number(number):
-        return True
-    return len(rest) == 10 and rest[0] == "7" and bool(phonenumbers.is_possible_number(number))
+ReadingKind = Literal["tr", "cy", "us", "ru_trunk", "country_code"]
 
 
 class Reading(NamedTuple):
-    """Bare digits read as a national number of one country."""
+    """One valid way to read bare digits: which plan, and how many leading
+    digits are a prefix (country code, Russian trunk ``8``) rather than the
+    national number."""
 
+    kind: ReadingKind
     country_code: int
-    national: str
+    prefix: int
 
 
-def bare_reading(digits: str) -> Reading | None:
-    """How digits without trunk or ``+`` could be read, judged on length and
-    leading digits only: a Turkish or Cypriot national number, or a country
-    code written without its ``+`` (905..., 357..., 44...)."""
+def bare_readings(digits: str) -> tuple[Reading, ...]:
+    """Every valid reading of digits written without ``+``, ``00`` or trunk ``0``."""
     size = len(digits)
-    if size == 10 and digits[0] in _TR_LEADS:
-        return Reading(_TR, digits)
-    if size == 8 and digits[0] in _CY_LEADS:
-        return Reading(_CY, digits)
-    if size == 12 and digits.startswith("90") and digits[2] in _TR_LEADS:
-        return Reading(_TR, digits[2:])
-    if size == 11 and digits.startswith("357") and digits[3] in _CY_LEADS:
-        return Reading(_CY, digits[3:])
-    if size == 12 and digits.startswith("44") and digits[2] in _GB_LEADS:
-        return Reading(_GB, digits[2:])
-    return None
-
-
-def bare(digits: str) -> bool:
-    """Digits without trunk or ``+`` that some reading's numbering plan has."""
-    reading = bare_reading(digits)
-    return reading is not None and _valid(reading.country_code, reading.national)
+    readings: list[Reading] = []
+    if size == 10:
+        if digits[0] in "2345" and valid(TR, digits):
+            readings.append(Reading("tr", TR, 0))
+        if valid(US, digits):
+            readings.append(Reading("us", US, 0))
+    elif size == 8 and digits[0] in "29" and valid(CY, digits):
+        readings.append(Reading("cy", CY, 0))
+    if size == 11 and digits[0] == "8" and valid(RU, digits[1:]):
+        readings.append(Reading("ru_trunk", RU, 1))
+    split = split_country_code(digits) if size >= 9 else None
+    if split is not None and split[1] and not split[1].startswith("0"):
+        code, rest = split
+        if valid_or_gb_mobile(code, rest):
+            readings.append(Reading("country_code", code, size - len(rest)))
+    return tuple(readings)

@@ -30,23 +30,28 @@ def fold(word: str) -> str:
     return word.casefold().translate(_FOLD)
 
 
-def words_before(text: str, position: int, count: int, reach: int = 80) -> list[str]:
+def words_before(
+    text: str, position: int, count: int, reach: int = 80, *, floor: int = 0
+) -> list[str]:
     """The last ``count`` folded words that end before ``position``, nearest first.
 
-    A short window usually holds them; the full ``reach`` is read only when it
-    does not. (A word cut by a window's edge is not a word: the look-behind
-    sees the letter before the edge.)
+    Words before ``floor`` (the start of the sentence) are not read. A short
+    window usually holds them; the full ``reach`` is read only when it does
+    not. (A word cut by a window's edge is not a word: the look-behind sees
+    the letter before the edge.)
     """
-    found = _WORD.findall(text, max(0, position - _NEAR), position)
-    if len(found) < count and position > _NEAR:
-        found = _WORD.findall(text, max(0, position - reach), position)
+    found = _WORD.findall(text, max(floor, position - _NEAR), position)
+    if len(found) < count and position - _NEAR > floor:
+        found = _WORD.findall(text, max(floor, position - reach), position)
     return [fold(word) for word in reversed(found[-count:])]
 
 
-def words_after(text: str, position: int, count: int, reach: int = 48) -> list[str]:
-    """The first ``count`` folded words from ``position`` on, nearest first."""
+def words_after(text: str, position: int, count: int, reach: int = 48, *,
+                limit: int | None = None) -> list[str]:
+    """The first ``count`` folded words from ``position`` on, before ``limit``, nearest first."""
     found: list[str] = []
-    for match in _WORD.finditer(text, position, position + reach):
+    end = position + reach if limit is None else min(limit, position + reach)
+    for match in _WORD.finditer(text, position, end):
         found.append(fold(match.group()))
         if len(found) == count:
             break
