@@ -17,11 +17,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TypedDict
 
-from memory_worker import metrics
 from memory_worker.redaction.address import find_addresses
 from memory_worker.redaction.email import find_emails
 from memory_worker.redaction.phone import find_phones
-from memory_worker.redaction.spans import KINDS, Kind, Span, replace_spans
+from memory_worker.redaction.spans import Kind, Span, replace_spans
 
 Finder = Callable[[str], list[Span]]
 
@@ -48,8 +47,10 @@ class RedactionResult(TypedDict):
 class Redactor:
     """Replaces emails, phone numbers and (optionally) addresses by placeholders.
 
-    Configured once with the policy; ``__call__`` only transforms text, and
-    counts each replacement in ``memory_zep_redactions_total``.
+    Configured once with the policy; ``__call__`` is a pure function of the
+    text: it returns the replacements it made per field type and touches no
+    metric, so tools and notebooks can call it freely. The caller that
+    publishes (``enqueue_message``) counts what it redacted.
     """
 
     def __init__(
@@ -83,7 +84,6 @@ class Redactor:
                 changed = changed or found > 0
             if not changed:
                 break
-        _count(counts)
         return {
             "text": redacted,
             "redactions": counts,
@@ -91,9 +91,3 @@ class Redactor:
             "redacted_length": len(redacted),
         }
 
-
-def _count(counts: RedactionCounts) -> None:
-    for kind in KINDS:
-        found = counts[kind]
-        if found:
-            metrics.safe_inc(metrics.redactions, found, field_type=kind)
