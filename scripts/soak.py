@@ -448,6 +448,12 @@ def _report(plan: Plan, workdir: Path, timeline: Timeline, outage: dict[str, flo
     # a write that was stored before its answer was lost, retried and counted as done.
     duplicate_refusals = sum(1 for r in requests if r["method"] == "POST"
                              and r["path"].endswith("/memory") and r["status"] == 400)
+    # What was sent, not what a deduplicating store kept: the adds Zep accepted (2xx),
+    # counted per message and chunk from the request log.
+    accepted = Counter((m.get("client_msg_id"), m.get("chunk")) for r in requests
+                       if r["status"] is not None and 200 <= int(r["status"]) < 300
+                       for m in r.get("messages") or ())
+    accepted_twice = sorted(str(k) for k, n in accepted.items() if n > 1)
 
     report: dict[str, Any] = {
         "plan": asdict(plan),
@@ -457,7 +463,9 @@ def _report(plan: Plan, workdir: Path, timeline: Timeline, outage: dict[str, flo
                      "spooled": sum(p["spooled"] for p in producers),
                      "stored": len(stored), "unique_stored": len(set(uuids)),
                      "duplicates": duplicates, "lost": len(lost), "lost_sample": lost[:5],
-                     "unexpected": len(extra)},
+                     "unexpected": len(extra), "adds_accepted": sum(accepted.values()),
+                     "accepted_twice": len(accepted_twice),
+                     "accepted_twice_sample": accepted_twice[:5]},
         "leaks": {"pii_places": leaks, "content_in_logs": content_in_logs,
                   "needles": len(needles), "places_checked": sorted(places)},
         "dlq_size": int(dlq),
@@ -485,6 +493,7 @@ def _report(plan: Plan, workdir: Path, timeline: Timeline, outage: dict[str, flo
     checks = {
         "exactly_n_stored": len(stored) == plan.messages and not lost and not extra
         and duplicates == 0,
+        "no_message_accepted_twice": not accepted_twice,
         "no_pii_leak": not leaks,
         "no_content_in_logs": not content_in_logs,
         "dlq_empty": dlq == 0,

@@ -27,6 +27,24 @@ def project_env(redis_url: str, **extra: str) -> dict[str, str]:
     return env
 
 
+def deliveries_settled(conn: object, keys: object) -> bool:
+    """Nothing of the write path is left anywhere: no queued or unacknowledged task, and
+    the delivery ledger holds no message (every one done or dead-lettered, none that the
+    sweep could publish again). Past this, no further copy of a message can reach Zep."""
+    from memory_worker.celery_app import WRITE_QUEUE
+
+    return (conn.llen(WRITE_QUEUE) == 0  # type: ignore[attr-defined]
+            and not conn.hlen("unacked")  # type: ignore[attr-defined]
+            and conn.zcard(keys.write_pending) == 0)  # type: ignore[attr-defined]
+
+
+def accepted_adds(sim: object, client_msg_id: str) -> int:
+    """How many add requests carrying the message Zep accepted (2xx): what was sent and
+    taken, counted from the simulator's request log, not from what its store kept."""
+    return sum(1 for r in sim.requests_carrying(client_msg_id)  # type: ignore[attr-defined]
+               if r.status is not None and 200 <= r.status < 300)
+
+
 def wait_for(condition: Callable[[], bool], timeout: float, what: str,
              interval: float = 0.05) -> None:
     deadline = time.monotonic() + timeout

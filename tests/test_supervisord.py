@@ -24,7 +24,14 @@ from memory_worker.config import Settings
 from memory_worker.enqueue import Publisher
 from memory_worker.keys import Keys
 from memory_worker.zep_sim import Fault, ZepSimulator
-from tests.processes import ROOT, free_port, project_env, wait_for
+from tests.processes import (
+    ROOT,
+    accepted_adds,
+    deliveries_settled,
+    free_port,
+    project_env,
+    wait_for,
+)
 
 BIN = Path(sys.executable).parent
 PROGRAMS = ("memory_beat", "memory_flower", "memory_metrics", "memory_worker")
@@ -173,7 +180,9 @@ def test_the_stack_runs_is_monitored_and_a_worker_stop_under_load_loses_no_messa
                     and not conn.hlen("unacked"))
 
         wait_for(all_delivered, 40, "every message to be written", interval=0.2)
-        time.sleep(0.5)  # a second copy, if any, would land now
+        wait_for(lambda: deliveries_settled(conn, keys), 30, "every copy to be accounted for")
+        # What was sent and accepted, not what Zep kept.
+        assert {accepted_adds(sim, f"sv-msg-{n}") for n in range(MESSAGES)} == {1}
         for t, thread in enumerate(THREADS):
             contents = sorted(m["content"] for m in sim.messages(thread))
             expected = sorted(f"message {n}" for n in range(t, MESSAGES, len(THREADS)))
