@@ -6,7 +6,7 @@ import click
 
 from cli.config_commands import config
 from cli.drill_commands import drill
-from cli.metrics_commands import metrics_server
+from cli.metrics_commands import metrics_clean, metrics_server
 from cli.mode_commands import clear, force, reset_failures, status
 from cli.read_commands import invalidate, probe, zep_sim
 from cli.write_commands import dlq_group, spool_group
@@ -18,7 +18,7 @@ def cli() -> None:
 
 
 for command in (status, force, clear, reset_failures, invalidate, probe, dlq_group,
-                spool_group, drill, metrics_server, config, zep_sim):
+                spool_group, drill, metrics_server, metrics_clean, config, zep_sim):
     cli.add_command(command)
 
 

@@ -13,22 +13,35 @@
   ``metrics.LiveStateCollector``; one sample per mode, no ``pid`` label. A Redis
   that fails leaves a gap in them and counts ``memory_redis_errors_total{op="mode"}``.
 
-The multiprocess directory holds one run of the project. Files left by an
-earlier run would be merged into this run's totals, reporting their counts a
-second time; and process ids are reused (on every container start, pids come
-round again), so a new process would carry on from the counts of the dead one
-whose id it got. Therefore:
+The multiprocess directory holds one run of the deployment, and a counter
+served from it never goes down while that run lasts, whichever of its
+processes stops, starts or restarts (Prometheus reads any drop as a counter
+reset, and ``increase()`` would report the dropped amount as new events).
+Following prometheus_client's guidance, files are removed only when the whole
+deployment starts, never by one of its processes:
 
-- ``wipe_stale_files`` (the metrics server, at start) removes the files of
-  every process that is no longer running. Files of running processes stay:
-  they are open and mapped by their writers, and deleting them would make
-  those processes' counts invisible until they restart (the metrics server may
-  start after the workers, or be restarted alone). The check by pid assumes the
-  writers share the metrics server's pid namespace, as a local directory does.
-- A process removes files named after its own pid before it opens its own:
-  they can only be a dead process's. ``scripts/run-with-env.sh`` does it for the
-  programs of ``supervisord.conf``; ``forget_stale_files`` does it for each
-  Celery pool process when it starts (``worker_process_init``).
+- ``start_deployment`` empties the directory once per start of the deployment:
+  ``scripts/run-with-env.sh``, which starts the programs of ``supervisord.conf``,
+  runs ``memory-worker metrics-clean --deployment ID`` with an ID naming the
+  supervisord that started it (its pid and start time). The first program of a
+  new supervisord empties the directory, under a lock, before it runs; the other
+  programs, and programs restarted later by the same supervisord, find the ID
+  already recorded (``.deployment``) and remove nothing. Processes started by
+  hand are started after ``memory-worker metrics-clean``, which refuses while a
+  process named in the directory is running (``clean_directory``).
+- The metrics server removes nothing: restarting it, or any other process,
+  leaves every count in place. The files of ended processes stay until the
+  next start of the deployment, and their counts stay in the totals.
+- Process ids are reused while a deployment runs (``pid_max`` is often 32768).
+  A process that finds files named after its own pid must not remove them:
+  they hold a dead process's counts, part of the totals already served.
+  prometheus_client opens such a file and carries on from its values, so the
+  dead process's counts and the new one's add up in one file and every total
+  stays what it was. Only the live-gauge files of its pid are removed (a dead
+  process has no live value; they hold no counter):
+  ``scripts/run-with-env.sh`` does it for the programs of ``supervisord.conf``,
+  ``forget_live_gauges`` for each Celery pool process when it starts
+  (``worker_process_init``).
 - ``mark_dead_on_shutdown`` (``worker_process_shutdown``) tells prometheus_client
   that a pool process has ended, which removes its live-gauge files.
 
@@ -42,6 +55,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import contextvars
+import fcntl
 import logging
 import os
 import re
@@ -77,6 +91,9 @@ log = logging.getLogger("memory_worker.exposition")
 LIVE_READ_TIMEOUT_S = 0.5
 
 _PID_FILE = re.compile(r"_(\d+)\.db$")
+# In the multiprocess directory, beside the metric files (prometheus_client reads only *.db):
+DEPLOYMENT_FILE = ".deployment"  # the deployment whose start emptied the directory last
+DEPLOYMENT_LOCK = ".deployment.lock"
 
 Scope = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
@@ -207,18 +224,59 @@ def pid_alive(pid: int) -> bool:
     return True
 
 
-def wipe_stale_files(directory: str | Path, *,
-                     alive: Callable[[int], bool] = pid_alive) -> list[Path]:
-    """Remove every ``*.db`` file not named after a running process; return those removed."""
+def running_writers(directory: str | Path, *,
+                    alive: Callable[[int], bool] = pid_alive) -> list[int]:
+    """The running processes, this one aside, that files of ``directory`` are named after."""
+    pids = {int(m.group(1)) for path in Path(directory).glob("*.db")
+            if (m := _PID_FILE.search(path.name)) is not None}
+    return sorted(pid for pid in pids - {os.getpid()} if alive(pid))
+
+
+def clean_directory(directory: str | Path) -> list[Path]:
+    """Remove every metric file: for the start of the whole deployment, with none of it running.
+
+    Removing the file of a process that still runs would lower the totals served.
+    """
     removed: list[Path] = []
     for path in sorted(Path(directory).glob("*.db")):
-        match = _PID_FILE.search(path.name)
-        if match is not None and alive(int(match.group(1))):
-            continue
-        with contextlib.suppress(FileNotFoundError):  # another wipe was quicker
+        with contextlib.suppress(FileNotFoundError):  # another clean was quicker
             path.unlink()
             removed.append(path)
     return removed
+
+
+def forget_own_files(directory: str | Path) -> None:
+    """Remove this process's files: only for a process that counted nothing."""
+    for path in Path(directory).glob(f"*_{os.getpid()}.db"):
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+
+
+def start_deployment(directory: str | Path, deployment: str) -> list[Path] | None:
+    """Empty ``directory`` the first time ``deployment`` starts a process in it.
+
+    Returns the files removed, or None when ``deployment`` was already
+    recorded (a program of it restarting). Processes of one deployment call
+    this before they write, under one lock, so the first empties the
+    directory before any of them has opened a file in it.
+    """
+    path = Path(directory)
+    lock = os.open(path / DEPLOYMENT_LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        marker = path / DEPLOYMENT_FILE
+        try:
+            if marker.read_text(encoding="utf-8") == deployment:
+                return None
+        except FileNotFoundError:
+            pass
+        removed = clean_directory(path)
+        staged = path / f"{DEPLOYMENT_FILE}.{os.getpid()}"
+        staged.write_text(deployment, encoding="utf-8")
+        os.replace(staged, marker)
+        return removed
+    finally:
+        os.close(lock)  # closing releases the lock
 
 
 def serve(registry: CollectorRegistry, host: str, port: int, *,
@@ -258,15 +316,19 @@ def _configured_dir() -> str | None:
         return None
 
 
-def forget_stale_files(**_: object) -> None:
-    """In a new pool process: remove files named after its pid, left by a dead process."""
+def forget_live_gauges(**_: object) -> None:
+    """In a new pool process: remove the live-gauge files a dead process with its pid left.
+
+    Its counter and histogram files stay: this process carries on from their
+    values, so no total goes down (see the module's docstring).
+    """
     directory = _configured_dir()
     if directory is None:
         return
     try:
-        for path in Path(directory).glob(f"*_{os.getpid()}.db"):
-            with contextlib.suppress(FileNotFoundError):
-                path.unlink()
+        prometheus_multiprocess.mark_process_dead(  # type: ignore[no-untyped-call]
+            os.getpid(), directory
+        )
     except OSError as exc:  # best-effort: a metrics failure must not stop the pool process
         log_event(log, "memory_metrics_stale_files_kept", logging.WARNING,
                   error=type(exc).__name__)
@@ -286,7 +348,7 @@ def mark_dead_on_shutdown(pid: int | None = None, **_: object) -> None:
                   error=type(exc).__name__)
 
 
-worker_process_init.connect(forget_stale_files, weak=False,
-                            dispatch_uid="memory_worker.exposition.forget_stale_files")
+worker_process_init.connect(forget_live_gauges, weak=False,
+                            dispatch_uid="memory_worker.exposition.forget_live_gauges")
 worker_process_shutdown.connect(mark_dead_on_shutdown, weak=False,
                                 dispatch_uid="memory_worker.exposition.mark_dead_on_shutdown")
