@@ -130,6 +130,9 @@ class Publisher:
             # Placeholders can be longer than what they replace: check what is published,
             # so the worker never refuses a message this call accepted.
             check_metadata(clean_metadata, after=" after redaction")
+        for field_type, replaced in counts.items():  # counted where redacted (SPEC §9)
+            if replaced:
+                metrics.safe_inc(metrics.redactions, replaced, field_type=field_type)
         payload = Payload(thread_id=thread_id, role=role, content=redacted["text"],
                           client_msg_id=client_msg_id, user_id=user_id,
                           metadata=clean_metadata, enqueued_at=self._clock())

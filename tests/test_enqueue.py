@@ -352,3 +352,19 @@ def test_a_message_spooled_while_the_drainer_is_ending_is_still_drained(
     wait_for(lambda: len(broker.sent) == 2, 10, "the second message to be drained")
     assert [kw["payload"]["client_msg_id"] for _, kw in broker.sent] == ["m-0", "m-1"]
     assert publisher.outbox.pending() == 0
+
+
+def test_enqueue_counts_what_it_redacted_in_the_metrics(publisher: Publisher) -> None:
+    """redact_pii is pure; enqueue_message counts each replacement by field type."""
+    from prometheus_client import REGISTRY
+
+    def count(field_type: str) -> float:
+        return REGISTRY.get_sample_value("memory_zep_redactions_total",
+                                         {"field_type": field_type}) or 0.0
+
+    before = {kind: count(kind) for kind in ("email", "phone", "address")}
+    result = publisher.enqueue("t-1", "user", PII, "m-count",
+                               metadata={"note": "backup: +90 392 444 55 66"})
+    after = {kind: count(kind) for kind in ("email", "phone", "address")}
+    assert {kind: after[kind] - before[kind] for kind in after} == result.redactions
+    assert result.redactions == {"email": 1, "phone": 2, "address": 0}
