@@ -45,7 +45,13 @@ from memory_worker.errors import OutboxUnavailable
 from memory_worker.keys import Keys
 from memory_worker.ledger import Ledger
 from memory_worker.logs import log_event
-from memory_worker.messages import Payload, check_metadata, message_uuid, validate
+from memory_worker.messages import (
+    Payload,
+    check_flat_metadata,
+    check_metadata,
+    message_uuid,
+    validate,
+)
 from memory_worker.modes import base_mode
 from memory_worker.redaction import RedactionCounts, Redactor
 from memory_worker.spool import DrainReport, Outbox, Record
@@ -116,6 +122,8 @@ class Publisher:
                 ) -> EnqueueResult:
         validate(thread_id, role, content, client_msg_id, user_id, metadata,
                  max_content_chars=self._settings.max_content_chars)
+        if metadata is not None and self._settings.zep_api_version == "v4":
+            check_flat_metadata(metadata)
         task_id = message_uuid(client_msg_id)
         if not base_mode(write=self._settings.flag_zep_write,
                          read=self._settings.flag_zep_read).writes:

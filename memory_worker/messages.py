@@ -24,6 +24,10 @@ CHUNK_CHARS = 2500  # Zep's limit per message
 BATCH_SIZE = 30  # Zep's limit per add
 MAX_CLIENT_MSG_ID = 128
 MAX_METADATA_BYTES = 16 * 1024
+# Zep v4 keeps at most 10 metadata keys of flat values (strings, numbers, booleans or
+# arrays of those); the project adds client_msg_id, chunk, chunks and thread_id.
+V4_PROJECT_KEYS = ("client_msg_id", "chunk", "chunks", "thread_id")
+V4_MAX_CALLER_KEYS = 10 - len(V4_PROJECT_KEYS)
 PAYLOAD_VERSION = 1
 
 # Fixed forever: changing it would give already-written messages new uuids.
@@ -91,6 +95,19 @@ def validate(thread_id: object, role: object, content: object, client_msg_id: ob
         raise InvalidMessage("user_id", ID_RULE)
     if metadata is not None:
         check_metadata(metadata)
+
+
+def check_flat_metadata(metadata: dict[str, Any]) -> None:
+    """Zep v4's rule for message metadata, for the caller's part of it (SPEC §6)."""
+    own = [key for key in metadata if key not in V4_PROJECT_KEYS]
+    if len(own) > V4_MAX_CALLER_KEYS:
+        raise InvalidMessage("metadata", f"has {len(own)} keys; Zep v4 keeps "
+                                         f"{V4_MAX_CALLER_KEYS} besides the project's own")
+    for key, value in metadata.items():
+        items = value if isinstance(value, list) else [value]
+        if not all(isinstance(item, str | int | float | bool) for item in items):
+            raise InvalidMessage("metadata", f"value of {key!r} is not flat: Zep v4 takes "
+                                             f"strings, numbers, booleans or arrays of those")
 
 
 def check_metadata(metadata: object, *, after: str = "") -> None:

@@ -368,3 +368,33 @@ def test_enqueue_counts_what_it_redacted_in_the_metrics(publisher: Publisher) ->
     after = {kind: count(kind) for kind in ("email", "phone", "address")}
     assert {kind: after[kind] - before[kind] for kind in after} == result.redactions
     assert result.redactions == {"email": 1, "phone": 2, "address": 0}
+
+
+@pytest.mark.parametrize("metadata", [
+    {"nested": {"a": 1}},
+    {"none": None},
+    {"mixed": [1, {"a": 2}]},
+    {f"k{i}": i for i in range(7)},
+])
+def test_on_v4_metadata_zep_would_refuse_is_refused_at_enqueue(
+    settings: Settings, conn: redis.Redis, broker: Broker, clock: FakeClock, tmp_path: Path,
+    metadata: dict[str, Any],
+) -> None:
+    """Zep v4 keeps 10 flat keys, 4 of them the project's: InvalidMessage, nothing published."""
+    v4 = Publisher(dataclasses.replace(settings, zep_api_version="v4", spool_dir=str(tmp_path)),
+                   conn, broker, clock=clock)
+    with pytest.raises(InvalidMessage) as info:
+        v4.enqueue("t", "user", "hello", "m", metadata=metadata)
+    assert info.value.field == "metadata"
+    assert broker.sent == [] and conn.dbsize() == 0
+
+
+def test_on_v4_flat_metadata_of_six_keys_is_published(
+    settings: Settings, conn: redis.Redis, broker: Broker, clock: FakeClock, tmp_path: Path,
+) -> None:
+    """Strings, numbers, booleans and arrays of them, six keys: accepted."""
+    v4 = Publisher(dataclasses.replace(settings, zep_api_version="v4", spool_dir=str(tmp_path)),
+                   conn, broker, clock=clock)
+    metadata = {"a": "x", "b": 1, "c": 2.5, "d": True, "e": ["x", 1], "f": []}
+    assert not v4.enqueue("t", "user", "hello", "m", metadata=metadata).spooled
+    assert broker.sent[0][1]["payload"]["metadata"] == metadata
