@@ -14,8 +14,10 @@ from typing import Any
 
 import click
 from celery import Celery
+from celery.signals import after_setup_logger
 from kombu import Exchange, Queue
 
+from memory_worker import logs
 from memory_worker.config import Settings
 from memory_worker.errors import ConfigError
 
@@ -149,6 +151,21 @@ def sender(settings: Settings) -> Callable[[str, dict[str, Any]], None]:
 app = Celery("memory_worker", include=["tasks.probe", "tasks.mirror", "tasks.sweep"],
              set_as_current=False, fixups=[])
 app.add_defaults(_configuration)
+
+
+
+def _quiet_http_clients(**_: object) -> None:
+    """``celery -A memory_worker worker|beat``: no per-request httpx lines in the logs.
+    Another app's worker in a host process keeps its own logging as it is."""
+    from celery import current_app
+
+    if current_app.main == app.main:
+        logs.quiet_http_clients()
+
+
+after_setup_logger.connect(_quiet_http_clients, weak=False,
+                           dispatch_uid="memory_worker.celery_app.quiet_http")
+
 
 # Pool processes clear and mark their metric files (prometheus_client multiprocess mode).
 from memory_worker import exposition as _exposition  # noqa: E402, F401

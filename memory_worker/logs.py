@@ -7,6 +7,13 @@ the first line is written, not at import, unless a process set it first with
 ``use_format`` (``runtime.configure`` does, from the settings it is given).
 Fields that could carry message content or a secret are withheld here, the
 last line of defence behind the callers' own care.
+
+A web application that wants the library's events in its own logging (its
+handlers, Sentry, pytest's capture) calls ``use_host_logging()`` once at
+start-up: the project's handler is removed and the ``memory_worker`` loggers
+propagate to the host's, so each event is handled once, by the host. Importing
+the library never changes another logger: only the project's own Celery
+processes quieten ``httpx``'s per-request INFO lines (``quiet_http_clients``).
 """
 
 from __future__ import annotations
@@ -110,15 +117,41 @@ def use_format(name: str) -> None:
             handler.formatter.use(name)
 
 
+_host_logging = False
+
+
 def install() -> logging.Logger:
-    """Attach the project's handler once; idempotent."""
+    """Attach the project's handler once; idempotent; nothing once the host took over."""
     logger = logging.getLogger(ROOT_LOGGER)
+    if _host_logging:
+        return logger
     if not any(isinstance(h, _StderrHandler) for h in logger.handlers):
         handler = _StderrHandler()
         handler.setFormatter(_LazyFormatter())
         logger.addHandler(handler)
     logger.setLevel(logging.INFO)
     logger.propagate = False
-    # httpx logs every request at INFO; the project's own events say what matters.
-    logging.getLogger("httpx").setLevel(logging.WARNING)
     return logger
+
+
+def use_host_logging(level: int = logging.INFO) -> None:
+    """Route the library's events into the host application's logging, once each.
+
+    The project's stderr handler is removed and ``memory_worker`` propagates to the
+    root logger (and whatever the host attached there); ``level`` is the lowest level
+    the library passes on. Call it once, at start-up.
+    """
+    global _host_logging
+    _host_logging = True
+    logger = logging.getLogger(ROOT_LOGGER)
+    for handler in [h for h in logger.handlers if isinstance(h, _StderrHandler)]:
+        logger.removeHandler(handler)
+    logger.setLevel(level)
+    logger.propagate = True
+
+
+def quiet_http_clients() -> None:
+    """In the project's own processes: httpx logs every request at INFO; the project's
+    events say what matters."""
+    for name in ("httpx", "httpcore"):
+        logging.getLogger(name).setLevel(logging.WARNING)

@@ -117,3 +117,49 @@ def test_handler_writes_to_the_process_stderr(monkeypatch: pytest.MonkeyPatch) -
     handler.setFormatter(logs.JsonFormatter())
     handler.emit(_record("zep_write_retry", attempt=2))
     assert json.loads(buffer.getvalue())["attempt"] == 2
+
+
+def test_importing_the_library_leaves_other_loggers_alone() -> None:
+    """The host's httpx logger keeps the level the host gave it (none, here)."""
+    import subprocess
+    import sys
+
+    out = subprocess.run(
+        [sys.executable, "-c", "import logging, memory_worker; "
+         "print(logging.getLogger('httpx').level, logging.getLogger().handlers)"],
+        capture_output=True, text=True, check=True)
+    assert out.stdout.split(maxsplit=1) == ["0", "[]\n"]
+
+
+def test_use_host_logging_routes_events_to_the_host_once(
+    monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture[str],
+) -> None:
+    """One switch: the host's handler on the root logger gets each event once, stderr none."""
+    logger = logging.getLogger(logs.ROOT_LOGGER)
+    monkeypatch.setattr(logger, "handlers", list(logger.handlers))
+    monkeypatch.setattr(logger, "propagate", logger.propagate)
+    monkeypatch.setattr(logger, "level", logger.level)
+    monkeypatch.setattr(logs, "_host_logging", False)
+
+    class Host(logging.Handler):
+        def __init__(self) -> None:
+            super().__init__(logging.INFO)
+            self.records: list[logging.LogRecord] = []
+
+        def emit(self, record: logging.LogRecord) -> None:
+            self.records.append(record)
+
+    host = Host()
+    root = logging.getLogger()
+    root.addHandler(host)
+    try:
+        logs.use_host_logging()
+        logs.install()  # a later import of the library does not bring its handler back
+        logs.log_event(logging.getLogger("memory_worker.test"), "memory_mode_forced",
+                       reason="auth")
+    finally:
+        root.removeHandler(host)
+    assert [r.getMessage() for r in host.records] == ["memory_mode_forced"]
+    assert host.records[0].event_fields == {"reason": "auth"}  # type: ignore[attr-defined]
+    assert not any(isinstance(h, logs._StderrHandler) for h in logger.handlers)
+    assert "memory_mode_forced" not in capfd.readouterr().err
