@@ -72,6 +72,20 @@ Send = Callable[[str, dict[str, Any]], None]
 
 @dataclass(frozen=True)
 class EnqueueResult:
+    """What ``enqueue_message`` did with one message.
+
+    ``task_id``: the Celery task id of the message, derived from ``client_msg_id`` (the
+    same for every enqueue of it); ``None`` when skipped.
+    ``duplicate``: this ``client_msg_id`` was enqueued before; nothing was published.
+    ``skipped``: the effective mode has no writes (``FLAG_ZEP_WRITE`` off); nothing was
+    published.
+    ``spooled``: the broker (or Redis, for the duplicate check) did not answer; the
+    message is durably in the outbox of ``MEMORY_SPOOL_DIR`` and is published by a
+    background drain as soon as they answer. Still delivered exactly once.
+    ``redactions``: replacements made before publishing, per field type
+    (``email``, ``phone``, ``address``), content and metadata together.
+    """
+
     task_id: str | None
     duplicate: bool = False
     skipped: bool = False
