@@ -11,6 +11,12 @@ A cache hit or a blocked read costs one Redis round trip (one ``MGET`` of the
 forced record, the cache entry and the 429 pause); a cache miss adds the Zep
 call and one script that caches, resets the failure count and records the
 latency sample together.
+
+The whole read ends within ``MEMORY_READ_TIMEOUT_MS`` + 25 ms: the Zep call gets
+what is left of the budget after the snapshot, and each Redis step after it
+carries in ``budget_seconds`` what is left of the budget + 25 ms (less a margin
+for the flow's own work after it); the performer cuts a step short there, and
+a step cut short comes back as ``None`` like any Redis failure.
 """
 
 from __future__ import annotations
@@ -41,6 +47,10 @@ LATENCY_WINDOW_MS = 30_000
 LATENCY_MIN_SAMPLES = 5
 LATENCY_MAX_SAMPLES = 101
 _GUARDED = {Reason.TIMEOUT, Reason.SERVER_ERROR, Reason.CONNECTION_ERROR}
+READ_SLACK_SECONDS = 0.025  # SPEC §5: a read returns within MEMORY_READ_TIMEOUT_MS + 25 ms
+# What the flow may still need after its last Redis step (building meta, a log
+# line) and how late a timed-out wait may wake on a busy machine.
+FLOW_MARGIN_SECONDS = 0.010
 _NEGATIVE = {Reason.NOT_FOUND, Reason.TIMEOUT}
 
 Context = dict[str, Any]
@@ -111,17 +121,20 @@ class ZepRead:
 class AfterRead:
     keys: list[str]
     args: list[str | int | float]
+    budget_seconds: float  # the longest this step may take; at most 0: no time left
 
 
 @dataclass(frozen=True)
 class RunGuard:
     call: ScriptCall
+    budget_seconds: float
 
 
 @dataclass(frozen=True)
 class Pause:
     keys: list[str]
     args: list[str | int | float]
+    budget_seconds: float
 
 
 Step = Snapshot | ZepRead | AfterRead | RunGuard | Pause
@@ -154,6 +167,8 @@ class ReadPolicy:
         self._reads = self.base.reads
         self._forced_key = self.keys.forced
         self._pause_key = self.keys.rate_limited_until
+        self._all_done = (self.settings.read_timeout_ms / 1000 + READ_SLACK_SECONDS
+                          - FLOW_MARGIN_SECONDS)
 
     def flow(self, thread_id: str, view: str) -> Flow:
         started = self.perf()
@@ -193,18 +208,20 @@ class ReadPolicy:
         took = self.perf() - call_started
         metrics.safe_inc(metrics.read_requests)
         metrics.safe_observe(metrics.read_latency, took)
+        ends = started + self._all_done  # the Redis steps from here on end by then
 
         if isinstance(outcome, Memory):
             context = shape(view, outcome, self.settings.recent_lastn)
             median = yield self._after_read(cache_key, cache.positive(context),
-                                            self.settings.cache_ttl_seconds, took, success=True)
+                                            self.settings.cache_ttl_seconds, took, ends,
+                                            success=True)
             self.local.reset()
             if took * 1000 > 0.8 * self.settings.read_timeout_ms:
                 log_event(log, "zep_context_slow", logging.WARNING, thread_id=thread_id,
                           took_ms=round(took * 1000, 1))
             decision = None
             if self._too_slow(median):
-                decision = yield from self._force("latency", shared, now)
+                decision = yield from self._force("latency", shared, now, ends)
             mode = effective_mode(base, decision.record if decision else None)
             return context, meta.done(source="zep", used=True, mode=mode)
 
@@ -212,22 +229,22 @@ class ReadPolicy:
         metrics.safe_inc(metrics.context_failures, reason=reason.value)
         negative = cache.negative(reason.value) if reason in _NEGATIVE else ""
         yield self._after_read(cache_key, negative, self.settings.negative_cache_ttl_seconds,
-                               took, success=False)
+                               took, ends, success=False)
         decision = None
         if reason is Reason.AUTH:
-            decision = yield from self._force("auth", shared, now)
+            decision = yield from self._force("auth", shared, now, ends)
         elif reason in _GUARDED:
             if reason is Reason.TIMEOUT:
                 log_event(log, "zep_context_timeout", logging.WARNING, thread_id=thread_id,
                           took_ms=round(took * 1000, 1))
-            decision = yield from self._count_failure(shared, now)
+            decision = yield from self._count_failure(shared, now, ends)
         elif reason is Reason.RATE_LIMITED:
-            yield from self._pause(outcome, shared, now)
+            yield from self._pause(outcome, shared, now, ends)
         mode = effective_mode(base, decision.record if decision else None)
         return None, meta.done(source="error", reason=reason.value, mode=mode)
 
     def _after_read(self, cache_key: str, value: str, ttl_seconds: int, took: float,
-                    *, success: bool) -> AfterRead:
+                    ends: float, *, success: bool) -> AfterRead:
         keys = [cache_key, self.keys.read_latencies, self.keys.consecutive_failures,
                 self.keys.failure_window_start, self.keys.probe_failures]
         track = self.settings.latency_downgrade_ms > 0
@@ -236,34 +253,38 @@ class ReadPolicy:
             ttl_seconds * 1000, "1" if success else "0", LATENCY_WINDOW_MS,
             LATENCY_MIN_SAMPLES, LATENCY_MAX_SAMPLES, "1" if track else "0",
         ]
-        return AfterRead(keys, args)
+        return AfterRead(keys, args, ends - self.perf())
 
     def _too_slow(self, median: object) -> bool:
         threshold = self.settings.latency_downgrade_ms
         return threshold > 0 and median is not None and _float(median) > threshold
 
-    def _force(self, reason: str, shared: bool, now: float) -> Generator[Step, Any, Decision]:
+    def _force(self, reason: str, shared: bool, now: float,
+               ends: float) -> Generator[Step, Any, Decision]:
         if shared:
             call = self.guard.force_call(reason)
-            reply = yield RunGuard(call)
+            reply = yield RunGuard(call, ends - self.perf())
             if reply is not None:
                 return self.guard.conclude(call, reply)
         return self._local_decision(self.local.force_now(reason, now))
 
-    def _count_failure(self, shared: bool, now: float) -> Generator[Step, Any, Decision]:
+    def _count_failure(self, shared: bool, now: float,
+                       ends: float) -> Generator[Step, Any, Decision]:
         if shared:
             call = self.guard.failure_call()
-            reply = yield RunGuard(call)
+            reply = yield RunGuard(call, ends - self.perf())
             if reply is not None:
                 return self.guard.conclude(call, reply)
         return self._local_decision(self.local.record_failure(now))
 
-    def _pause(self, outcome: Failure, shared: bool, now: float) -> Generator[Step, Any, None]:
+    def _pause(self, outcome: Failure, shared: bool, now: float,
+               ends: float) -> Generator[Step, Any, None]:
         wait = outcome.retry_after_seconds if outcome.retry_after_seconds is not None else 5.0
         until = now + min(wait, 300.0)
         self.local.pause(until)
         if shared:
-            yield Pause([self.keys.rate_limited_until], [until, int(min(wait, 300.0) * 1000) + 1])
+            yield Pause([self.keys.rate_limited_until], [until, int(min(wait, 300.0) * 1000) + 1],
+                        ends - self.perf())
 
     def _local_decision(self, record: ForcedRecord | None) -> Decision:
         if record is None:
