@@ -11,9 +11,11 @@ _install_logging()
 
 from memory_worker.celery_app import app  # noqa: E402
 from memory_worker.runtime import (  # noqa: E402
+    aenqueue_message,
     afetch_thread_context,
     enqueue_message,
     fetch_thread_context,
 )
 
-__all__ = ["afetch_thread_context", "app", "enqueue_message", "fetch_thread_context"]
+__all__ = ["aenqueue_message", "afetch_thread_context", "app", "enqueue_message",
+           "fetch_thread_context"]

@@ -7,17 +7,24 @@ SDK's async client, so an event loop is never blocked.
 
 A Redis step that fails marks Redis down for this process for one second: the
 following reads skip Redis at once (no socket timeout paid per read) and fail
-open onto the process's ``LocalGuard``.
+open onto the process's ``LocalGuard``. The steps after the Zep call take at
+most the ``budget_seconds`` they carry (what is left of the read's budget):
+synchronously on a client whose every socket wait ends by then
+(``deadline_redis``), asynchronously under ``asyncio.timeout``, whose
+cancellation makes redis.asyncio disconnect the connection it interrupts. A
+step cut short, or left no time at all, counts as a Redis failure.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 import threading
 import time
 import weakref
 from collections.abc import Awaitable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import redis
@@ -30,6 +37,7 @@ from memory_worker import logs, metrics
 from memory_worker.clock import Clock, system_clock
 from memory_worker.config import Settings
 from memory_worker.connections import redis_client
+from memory_worker.deadline_redis import deadline_client, within
 from memory_worker.enqueue import EnqueueResult, Publisher, enqueue_redis
 from memory_worker.fallback import LocalGuard
 from memory_worker.guard import SCRIPT as GUARD_SCRIPT
@@ -57,8 +65,11 @@ from memory_worker.zep import ZepApi, connect
 # A Redis that does not answer must cost a read milliseconds, not its budget.
 READ_PATH_REDIS_TIMEOUT_S = 0.05
 REDIS_DOWN_BACKOFF_S = 1.0
+# aenqueue_message's threads: enqueues in flight at once per process before they queue.
+ENQUEUE_THREADS = 16
 
 _REDIS_OP = {Snapshot: "cache", AfterRead: "cache", RunGuard: "guard", Pause: "rate_limit"}
+Bounded = AfterRead | RunGuard | Pause  # the Redis steps after the Zep call
 
 
 class Runtime:
@@ -78,10 +89,12 @@ class Runtime:
         self.policy = ReadPolicy(settings, self.keys, self.guard, LocalGuard(settings), clock)
         self._zep = zep
         self._zep_lock = threading.Lock()
+        # The steps after the Zep call: their own pool, every wait within the step's budget.
+        self._bounded = deadline_client(settings.redis_url, READ_PATH_REDIS_TIMEOUT_S)
         self._scripts = {
-            AfterRead: self.conn.register_script(AFTER_READ),
-            RunGuard: self.conn.register_script(GUARD_SCRIPT),
-            Pause: self.conn.register_script(PAUSE),
+            AfterRead: self._bounded.register_script(AFTER_READ),
+            RunGuard: self._bounded.register_script(GUARD_SCRIPT),
+            Pause: self._bounded.register_script(PAUSE),
         }
         self._async: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _AsyncRedis] = (
             weakref.WeakKeyDictionary()
@@ -90,6 +103,7 @@ class Runtime:
         self._writer: Writer | None = None
         self._ledger: Ledger | None = None
         self._publisher: Publisher | None = None
+        self._enqueue_pool: ThreadPoolExecutor | None = None
 
     @property
     def zep(self) -> ZepApi:
@@ -131,6 +145,16 @@ class Runtime:
                                                 send_mirror, clock=self.clock)
         return self._publisher
 
+    @property
+    def enqueue_pool(self) -> ThreadPoolExecutor:
+        """Threads that run ``aenqueue_message``'s blocking work, built on first use."""
+        if self._enqueue_pool is None:
+            with self._zep_lock:
+                if self._enqueue_pool is None:
+                    self._enqueue_pool = ThreadPoolExecutor(
+                        ENQUEUE_THREADS, thread_name_prefix="memory-enqueue")
+        return self._enqueue_pool
+
     # synchronous
 
     def fetch(self, thread_id: str, view: str = "summary") -> tuple[Context | None, Meta]:
@@ -148,19 +172,31 @@ class Runtime:
             return self.zep.get_memory(step.thread_id, step.lastn, step.budget_seconds, step.view)
         if time.monotonic() < self._redis_down_until:
             return None
-        try:
-            if type(step) is Snapshot:  # the hot path: one MGET
+        if type(step) is Snapshot:  # the hot path: one MGET
+            try:
                 return self.conn.execute_command("MGET", *step.keys)  # type: ignore[no-untyped-call]
-            if type(step) is RunGuard:
-                return self._scripts[RunGuard](keys=step.call.keys, args=step.call.args)
-            assert isinstance(step, AfterRead | Pause)
-            return self._scripts[type(step)](keys=step.keys, args=step.args)
+            except redis.RedisError:
+                self._redis_failed(step)
+                return None
+        assert isinstance(step, Bounded)
+        if step.budget_seconds <= 0:
+            return self._no_time_left(step)
+        try:
+            with within(step.budget_seconds):
+                if type(step) is RunGuard:
+                    return self._scripts[RunGuard](keys=step.call.keys, args=step.call.args)
+                assert isinstance(step, AfterRead | Pause)
+                return self._scripts[type(step)](keys=step.keys, args=step.args)
         except redis.RedisError:
             self._redis_failed(step)
             return None
 
     def _redis_failed(self, step: Step) -> None:
         self._redis_down_until = time.monotonic() + REDIS_DOWN_BACKOFF_S
+        metrics.safe_inc(metrics.redis_errors, op=_REDIS_OP.get(type(step), "cache"))
+
+    def _no_time_left(self, step: Step) -> None:
+        """A step the budget left no time for: lost like a failed one, Redis not blamed."""
         metrics.safe_inc(metrics.redis_errors, op=_REDIS_OP.get(type(step), "cache"))
 
     # asynchronous
@@ -182,9 +218,19 @@ class Runtime:
                                               step.view)
         if time.monotonic() < self._redis_down_until:
             return None
+        if type(step) is Snapshot:  # the hot path: one MGET
+            try:
+                return await state.conn.mget(step.keys)
+            except redis.RedisError:
+                self._redis_failed(step)
+                return None
+        assert isinstance(step, Bounded)
+        if step.budget_seconds <= 0:
+            return self._no_time_left(step)
         try:
-            return await state.perform(step)
-        except redis.RedisError:
+            async with asyncio.timeout(step.budget_seconds):
+                return await state.perform(step)
+        except (redis.RedisError, TimeoutError):
             self._redis_failed(step)
             return None
 
@@ -209,9 +255,7 @@ class _AsyncRedis:
         self.guard = self.conn.register_script(GUARD_SCRIPT)
         self.pause = self.conn.register_script(PAUSE)
 
-    def perform(self, step: Step) -> Awaitable[Any]:
-        if isinstance(step, Snapshot):
-            return self.conn.mget(step.keys)
+    def perform(self, step: Bounded) -> Awaitable[Any]:
         if isinstance(step, RunGuard):
             return self.guard(keys=step.call.keys, args=step.call.args)
         if isinstance(step, AfterRead):
@@ -268,6 +312,22 @@ def enqueue_message(thread_id: str, role: str, content: str, client_msg_id: str,
     """Validate, redact and publish one message for mirroring to Zep (SPEC §6)."""
     return default_runtime().publisher.enqueue(thread_id, role, content, client_msg_id,
                                                user_id, metadata)
+
+
+async def aenqueue_message(thread_id: str, role: str, content: str, client_msg_id: str,
+                           user_id: str | None = None, metadata: dict[str, Any] | None = None
+                           ) -> EnqueueResult:
+    """``enqueue_message`` for asyncio: never blocks the event loop.
+
+    Enqueueing may wait on Redis, on a broker connect, on an fsync or a file lock of
+    the outbox; it runs on a small pool of this process's threads, and the caller's
+    task awaits it. ``InvalidMessage`` and ``OutboxUnavailable`` are raised here as
+    from ``enqueue_message``.
+    """
+    runtime = default_runtime()
+    call = functools.partial(runtime.publisher.enqueue, thread_id, role, content,
+                             client_msg_id, user_id, metadata)
+    return await asyncio.get_running_loop().run_in_executor(runtime.enqueue_pool, call)
 
 
 def send_mirror(task_id: str, kwargs: dict[str, Any]) -> None:
