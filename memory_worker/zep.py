@@ -363,8 +363,10 @@ class ZepClient:
         translate: Callable[[Exception, Call], _F],
     ) -> _R | _F:
         call = Call(time.monotonic() + budget)
-        sdk, pool = self._clients.sync()
         try:
+            # Built on first use, inside the try: a client that cannot be built (a proxy
+            # scheme without its package) is a failure of this call, never an exception.
+            sdk, pool = self._clients.sync()
             value = call_on_pool(pool, call, lambda: operation(sdk))
         except Exception as exc:
             return translate(exc, call)
@@ -378,8 +380,8 @@ class ZepClient:
         translate: Callable[[Exception, Call], _F],
     ) -> _R | _F:
         call = Call(time.monotonic() + budget)
-        sdk = self._clients.for_loop()
         try:
+            sdk = self._clients.for_loop()
             value = await acall(call, lambda: operation(sdk))
         except Exception as exc:
             return translate(exc, call)

@@ -316,3 +316,19 @@ def test_a_stalling_proxy_ends_each_call_within_its_budget(
         assert len(stalling.seen) == 3
         assert sim.requests() == []
 
+
+
+def test_a_proxy_the_client_cannot_use_is_a_failed_call_not_an_exception(
+    monkeypatch: pytest.MonkeyPatch, sim: ZepSimulator,
+) -> None:
+    """A SOCKS proxy without its package: the read returns a Failure, sync and async."""
+    from memory_worker.zep import Failure, ZepClient
+
+    def cannot_build(*args: object, **kwargs: object) -> object:
+        raise ImportError("socksio is not installed")
+
+    client = ZepClient(sim.url, "test-key")
+    monkeypatch.setattr(client._clients, "sync", cannot_build)
+    monkeypatch.setattr(client._clients, "for_loop", cannot_build)
+    assert isinstance(client.get_memory("t", 4), Failure)
+    assert isinstance(asyncio.run(client.aget_memory("t", 4)), Failure)
