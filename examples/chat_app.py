@@ -33,7 +33,7 @@ import signal
 import sys
 import threading
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from http import HTTPStatus
 from socketserver import ThreadingMixIn
@@ -81,7 +81,7 @@ def reply_id(client_msg_id: str) -> str:
     return "reply." + hashlib.sha256(client_msg_id.encode()).hexdigest()[:48]
 
 
-def canned_reply(context: dict[str, Any] | None, meta: dict[str, Any]) -> str:
+def canned_reply(context: Mapping[str, Any] | None, meta: Mapping[str, Any]) -> str:
     """What the assistant says; it never repeats the user's words (they may hold PII)."""
     if context is not None:
         earlier = len(context.get("messages") or [])

@@ -25,7 +25,7 @@ import time
 import weakref
 from collections.abc import Awaitable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import Any, cast
 
 import redis
 import redis.asyncio as aredis
@@ -59,6 +59,7 @@ from memory_worker.reader import (
     Step,
     ZepRead,
 )
+from memory_worker.shapes import ReadMeta, ThreadContext
 from memory_worker.writer import Writer
 from memory_worker.zep import ZepApi, connect
 
@@ -295,15 +296,17 @@ def default_runtime() -> Runtime:
         return _default[1]
 
 
-def fetch_thread_context(thread_id: str, view: str = "summary") -> tuple[Context | None, Meta]:
+def fetch_thread_context(thread_id: str, view: str = "summary"
+                         ) -> tuple[ThreadContext | None, ReadMeta]:
     """The thread's context within MEMORY_READ_TIMEOUT_MS; never raises for a fault."""
-    return default_runtime().fetch(thread_id, view)
+    return cast(tuple[ThreadContext | None, ReadMeta], default_runtime().fetch(thread_id, view))
 
 
 async def afetch_thread_context(thread_id: str, view: str = "summary"
-                                ) -> tuple[Context | None, Meta]:
+                                ) -> tuple[ThreadContext | None, ReadMeta]:
     """``fetch_thread_context`` for asyncio: never blocks the event loop."""
-    return await default_runtime().afetch(thread_id, view)
+    result = await default_runtime().afetch(thread_id, view)
+    return cast(tuple[ThreadContext | None, ReadMeta], result)
 
 
 def enqueue_message(thread_id: str, role: str, content: str, client_msg_id: str,

@@ -5,7 +5,7 @@
 ``meta`` a ``ReadMeta``. ``enqueue_message`` returns ``enqueue.EnqueueResult``.
 """
 
-from __future__ import annotations
+# No `from __future__ import annotations`: TypedDict reads NotRequired at run time.
 
 from typing import Literal, NotRequired, TypedDict
 

@@ -12,6 +12,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 CELERY = str(Path(sys.executable).with_name("celery"))
@@ -41,8 +42,8 @@ def deliveries_settled(conn: object, keys: object) -> bool:
 def accepted_adds(sim: object, client_msg_id: str) -> int:
     """How many add requests carrying the message Zep accepted (2xx): what was sent and
     taken, counted from the simulator's request log, not from what its store kept."""
-    return sum(1 for r in sim.requests_carrying(client_msg_id)  # type: ignore[attr-defined]
-               if r.status is not None and 200 <= r.status < 300)
+    carrying: list[Any] = sim.requests_carrying(client_msg_id)  # type: ignore[attr-defined]
+    return sum(1 for r in carrying if r.status is not None and 200 <= r.status < 300)
 
 
 def wait_for(condition: Callable[[], bool], timeout: float, what: str,
