@@ -11,8 +11,6 @@ Prices, dates, times, room counts, IBANs, IDs and listing numbers are kept.
 
 from __future__ import annotations
 
-from functools import lru_cache
-
 from memory_worker.redaction.redactor import RedactionCounts, RedactionResult, Redactor
 from memory_worker.redaction.spans import PLACEHOLDERS
 
@@ -27,26 +25,29 @@ __all__ = [
 ]
 
 
-@lru_cache(maxsize=8)
-def _redactor(redact_email: bool, redact_phone: bool, redact_address: bool) -> Redactor:
-    return Redactor(
-        redact_email=redact_email, redact_phone=redact_phone, redact_address=redact_address
-    )
+# One redactor per policy, built once.
+_REDACTORS = {
+    (email, phone, address): Redactor(
+        redact_email=email, redact_phone=phone, redact_address=address)
+    for email in (False, True) for phone in (False, True) for address in (False, True)
+}
+_DEFAULT = _REDACTORS[True, True, False]
+_ALL = _REDACTORS[True, True, True]
 
 
 def redact_pii(
     text: str, *, redact_email: bool = True, redact_phone: bool = True,
     redact_address: bool = False,
 ) -> RedactionResult:
-    """Redact ``text`` under the given policy (one cached ``Redactor`` per policy)."""
-    return _redactor(redact_email, redact_phone, redact_address)(text)
+    """Redact ``text`` under the given policy (one ``Redactor`` per policy)."""
+    return _REDACTORS[bool(redact_email), bool(redact_phone), bool(redact_address)](text)
 
 
 def redact_text(text: str) -> str:
     """The default policy (emails and phones), text in, text out."""
-    return redact_pii(text)["text"]
+    return _DEFAULT(text)["text"]
 
 
 def redact_all_text(text: str) -> str:
     """Emails, phones and addresses, text in, text out."""
-    return redact_pii(text, redact_address=True)["text"]
+    return _ALL(text)["text"]

@@ -41,10 +41,14 @@ from memory_worker.redaction.spans import Span
 
 _SEPARATOR = r"[ \u00a0.\-/]"
 _RUN = re.compile(
-    r"(?=[+(\d][\d ()\u00a0.\-/]{7})"   # at least eight characters: skip short figures in C
-    rf"\+?+\(?+\d++\)?+(?:{_SEPARATOR}?+\(?+\d++\)?+)*+"
+    # The first character is a plain character class, so the engine skips
+    # to candidates in C; the look-ahead asks for eight characters at least.
+    r"[+(\d](?=[\d ()\u00a0.\-/]{7})"
+    r"(?:(?<=\+)\(?+\d++|(?<=\()\d++|(?<=\d)\d*+)\)?+"   # "+(", "+", "(" or a digit, then digits
+    rf"(?:{_SEPARATOR}?+\(?+\d++\)?+)*+"
 )
 _CUT = re.compile(r"[^\s/]+")
+_CUT_MARKS = frozenset(" \u00a0/")
 _DIGITS = re.compile(r"\d+")
 _NON_DIGIT = re.compile(r"\D+")
 _UNIT_AFTER = re.compile(
@@ -80,40 +84,53 @@ _DIGIT_COUNTS: dict[str, frozenset[int]] = {
     "bare": frozenset({8, 9, 10, 11, 12, 13}),
 }
 
-# Numbering-plan answers already given in this text, by written form and
-# digits: a message that repeats a number (or a hostile one that repeats it
-# thousands of times) asks the plans once.
-Answer = bool | str | tuple[phone_plan.Reading, ...] | None
-Verdicts = dict[tuple[str, str], Answer]
+class Progress:
+    """Whether a pass over a text settled its phones.
+
+    A long run of figures is split within a budget of checks; when the
+    budget runs out after a phone was found in it, the rest of the run is
+    judged again on the redacted text, so the caller repeats the pass.
+    """
+
+    __slots__ = ("settled",)
+
+    def __init__(self) -> None:
+        self.settled = True
 
 
-def find_phones(text: str) -> list[Span]:
+# Dates and thousands-grouped amounts, whole: refused before any other check.
+_DATE_OR_AMOUNT = re.compile(
+    r"\d{1,2}([./])\d{1,2}\1\d{2,4}(?:-\d{1,2}([./])\d{1,2}\2\d{2,4})?"
+    r"|\d{4}-\d{2}-\d{2}|\d{1,3}(?:\.\d{3})+(?:-\d{1,3}(?:\.\d{3})+)?"
+)
+
+
+def find_phones(text: str, progress: Progress | None = None) -> list[Span]:
     """Every telephone number in ``text``, in order, without overlaps."""
     spans: list[Span] = []
-    plans: Verdicts = {}
     ibans: list[tuple[int, int]] | None = None
+    progress = Progress() if progress is None else progress
     for run in _RUN.finditer(text):
         start, end = run.span()
+        if not _SHORTEST <= end - start <= _LONGEST_RUN:
+            continue
         raw = run.group()
-        if not (_SHORTEST <= end - start <= _LONGEST_RUN) or _digit_count(raw) < _SHORTEST:
+        groups = _DIGITS.findall(raw)
+        if sum(map(len, groups)) < _SHORTEST or _DATE_OR_AMOUNT.fullmatch(raw):
             continue
         if ibans is None:
-            ibans = [match.span() for match in _IBAN.finditer(text)] if _HAS_IBAN(text) else []
+            ibans = [m.span() for m in _IBAN.finditer(text)] if _HAS_IBAN(text) else []
         if ibans and any(a < end and start < b for a, b in ibans):
             continue
         whole = _outside_parentheses(text, start, end)
-        if _is_phone(text, whole, plans):
+        if _is_phone(text, whole, groups):
             spans.append(whole)
-        elif any(mark in raw for mark in " \u00a0/"):
-            spans.extend(_split_run(text, start, end, plans))
+        elif not _CUT_MARKS.isdisjoint(raw):
+            spans.extend(_split_run(text, start, end, progress))
     return spans
 
 
-def _digit_count(raw: str) -> int:
-    return len(_NON_DIGIT.sub("", raw))
-
-
-def _split_run(text: str, start: int, end: int, plans: Verdicts) -> list[Span]:
+def _split_run(text: str, start: int, end: int, progress: Progress) -> list[Span]:
     """The phones in a run that is not one phone, cut at its spaces and slashes.
 
     From each chunk, the longest segment that passes is taken and the search
@@ -139,13 +156,15 @@ def _split_run(text: str, start: int, end: int, plans: Verdicts) -> list[Span]:
                 continue  # a length this form cannot have, or the whole run, judged already
             checks -= 1
             segment = _outside_parentheses(text, chunks[first][0], chunks[candidate - 1][1])
-            if _is_phone(text, segment, plans):
+            if _is_phone(text, segment, None):
                 found.append(segment)
                 last = candidate
                 break
             if checks == 0:
                 break
         first = last if last is not None else first + 1
+    if first < len(chunks) and found:
+        progress.settled = False  # the rest of the run, apart from what was found, is judged again
     return found
 
 
@@ -175,42 +194,35 @@ def _form(first_character: str, digits: str) -> str:
     return "trunk" if digits.startswith("0") else "bare"
 
 
-def _is_phone(text: str, segment: Span, plans: Verdicts) -> bool:
-    """The whole judgement of one segment: length, glue, grouping, words, numbering plan."""
+def _is_phone(text: str, segment: Span, groups: list[str] | None) -> bool:
+    """The whole judgement of one segment: length, glue, grouping, words, numbering plan.
+
+    ``groups`` are the segment's digit groups when the caller has them.
+    """
     raw = text[segment.start:segment.end]
-    digits = _digits(raw)
+    if groups is None:
+        groups = _DIGITS.findall(raw)
+    digits = "".join(groups)
+    if not digits.isascii():
+        digits = _digits(digits)
     form = _form(raw[0], digits)
     if len(digits) not in _DIGIT_COUNTS[form] or _glued(text, segment, form):
         return False
     if form == "plus":
         # "+44 (0) 7840 ...": the bracketed trunk zero is not dialled from abroad.
-        return bool(_plan(plans, form, _digits(raw.replace("(0)", "", 1)), raw))
-    sizes = [len(group) for group in _DIGITS.findall(raw)]
+        if "(0)" in raw:
+            digits = _digits(raw.replace("(0)", "", 1))
+        return phone_plan.international(digits)
+    sizes = [len(group) for group in groups]
     if looks_like_date(raw, sizes):
         return False
     if form == "abroad":
-        return bool(_plan(plans, form, digits, raw))
+        separated = len(groups) > 1
+        return phone_plan.dialled_abroad(digits, separated=separated)
     if form == "trunk":
-        return _plan(plans, form, digits, raw) is not None
-    readings = _plan(plans, form, digits, raw)
-    return isinstance(readings, tuple) and bool(readings) and _is_bare_phone(
-        text, segment, raw, sizes, readings)
-
-
-def _plan(plans: Verdicts, form: str, digits: str, raw: str) -> Answer:
-    """The numbering-plan answer for one form and digits, asked once per text."""
-    separated = form == "abroad" and not raw[2:3].isdigit() and raw[:2] == "00"
-    key = (form + ("+" if separated else ""), digits)
-    if key not in plans:
-        if form == "plus":
-            plans[key] = phone_plan.international(digits)
-        elif form == "abroad":
-            plans[key] = phone_plan.dialled_abroad(digits, separated=separated)
-        elif form == "trunk":
-            plans[key] = phone_plan.national(digits)
-        else:
-            plans[key] = phone_plan.bare_readings(digits)
-    return plans[key]
+        return phone_plan.national(digits) is not None
+    readings = phone_plan.bare_readings(digits)
+    return bool(readings) and _is_bare_phone(text, segment, raw, sizes, readings)
 
 
 def _is_bare_phone(text: str, segment: Span, raw: str, sizes: list[int],
@@ -272,8 +284,10 @@ def _glued(text: str, segment: Span, form: str) -> bool:
             previous = text[start - 2] if start > 1 else ""
             if (before == "." and not previous.isalpha()) or previous.isdigit():
                 return True
-        elif before == "/" and form == "bare" and not _MESSENGER_LINK.search(text, 0, start - 1):
-            return True
+        elif before == "/" and form == "bare":
+            # A path or a ratio, unless a messenger link: wa.me/905331234567
+            if _MESSENGER_LINK.search(text, max(0, start - 40), start - 1) is None:
+                return True
     if end < len(text):
         after = text[end]
         if after.isdigit() or after in _GLUED_AFTER:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import re
 from enum import Enum
+from functools import lru_cache
 
 from memory_worker.redaction.words import words_after, words_before
 
@@ -66,14 +67,18 @@ _SIGNS = frozenset("☎☏✆📞📱📲")
 # Agent: ..." says nothing about the agent's number. A sentence ends at ! ?
 # or a line break, and at a full stop after a word of four letters or more
 # ("no." and "Tel." are abbreviations).
-_FIGURE_OR_SENTENCE_END = re.compile(r"[!?\n\d\]]|(?:[^\W\d_]{4,}|[)\"'”’])\.(?=\s)")
+# Searched backwards, on the reversed text before the number, so that the
+# nearest end is the first match.
+_FIGURE_OR_SENTENCE_END_REVERSED = re.compile(r"[!?\n\d\]]|(?<=\s)\.(?=[^\W\d_]{4}|[)\"'”’])")
 # Words after the number qualify it only within its clause, before any other figure.
 _CLAUSE_END = re.compile(r"[,;:!?\n(\d+\[]|\.(?:\s|$)")
 # Turkish genitive endings: "sahibinin numarası" is the owner's (phone) number.
 _GENITIVE = ("nin", "nun", "in", "un")
 
 
+@lru_cache(maxsize=8192)
 def _classify(word: str) -> Cue:
+    """What one folded word says (kept per word: chat reuses few words)."""
     if not word.isalpha():
         return Cue.NONE  # a code such as REF72429 is not a cue word
     if word in _PHONE_WORDS or word.startswith(_PHONE_STEMS):
@@ -83,6 +88,7 @@ def _classify(word: str) -> Cue:
     return Cue.NONE
 
 
+@lru_cache(maxsize=8192)
 def _names_a_number(word: str) -> bool:
     return word in _NUMBER_WORDS or (word.startswith(_NUMBER_STEM)
                                      and not word.startswith(_OWN_NUMBER_STEM))
@@ -111,15 +117,13 @@ def _nearest(words: list[str]) -> Cue:
 def _sentence_start(text: str, start: int, reach: int) -> int:
     """Where the sentence holding ``start`` begins, within ``reach`` characters."""
     floor = max(0, start - reach)
-    begin = floor
-    for end in _FIGURE_OR_SENTENCE_END.finditer(text, floor, start):
-        begin = end.end()
-    return begin
+    nearest = _FIGURE_OR_SENTENCE_END_REVERSED.search(text[floor:start][::-1])
+    return floor if nearest is None else start - nearest.start()
 
 
 def sign_before(text: str, start: int) -> bool:
     """A telephone sign among the few characters before ``start``."""
-    return any(char in _SIGNS for char in text[max(0, start - 3):start])
+    return not _SIGNS.isdisjoint(text[max(0, start - 3):start])
 
 
 def cue_before(text: str, start: int) -> Cue:

@@ -19,7 +19,7 @@ Written forms map onto the plans as follows:
 from __future__ import annotations
 
 import re
-from functools import cache
+from functools import cache, lru_cache
 from typing import Literal, NamedTuple
 
 import phonenumbers
@@ -89,6 +89,12 @@ def possible(country_code: int, national: str) -> bool:
     return bool(plans) and len(national) in plans[0].possible_lengths
 
 
+# The answers below are pure functions of the digits: recent ones are kept,
+# so a number repeated in a thread (or thousands of times in a hostile
+# message) is looked up once.
+_answers = lru_cache(maxsize=4096)
+
+
 def _fictional_or_new_gb_mobile(country_code: int, national: str) -> bool:
     """``7`` + nine digits is a British mobile by its shape alone (no Turkish
     number starts with 7), also in ranges the library holds back, such as the
@@ -112,6 +118,7 @@ def split_country_code(digits: str) -> tuple[int, str] | None:
     return None
 
 
+@_answers
 def international(digits: str) -> bool:
     """Digits written after ``+``: a valid number, or one of a possible length.
 
@@ -132,6 +139,7 @@ def international(digits: str) -> bool:
     return bool(phonenumbers.is_valid_number(number) or phonenumbers.is_possible_number(number))
 
 
+@_answers
 def dialled_abroad(digits: str, *, separated: bool) -> bool:
     """``00`` + country code + number, as dialled from Turkey, Cyprus, Britain or Europe.
 
@@ -149,6 +157,7 @@ def dialled_abroad(digits: str, *, separated: bool) -> bool:
 NationalPlan = Literal["TR", "GB", "DE"]
 
 
+@_answers
 def national(digits: str) -> NationalPlan | None:
     """Which plan a number dialled with trunk ``0`` belongs to, if any.
 
@@ -178,6 +187,7 @@ class Reading(NamedTuple):
     prefix: int
 
 
+@_answers
 def bare_readings(digits: str) -> tuple[Reading, ...]:
     """Every valid reading of digits written without ``+``, ``00`` or trunk ``0``."""
     size = len(digits)

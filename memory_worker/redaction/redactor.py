@@ -4,25 +4,25 @@ Kinds run one after the other, each on the text the previous one produced:
 emails first (a local part may be all digits, "05331121385@outlook.com"),
 then phones, then addresses.
 
-Some verdicts depend on surroundings that a replacement changes: the cue
-words a few words before a number, the character glued to it. So a pass is
-repeated until it changes nothing; redacting redacted text is then a no-op
-by construction, and a later pass over a payload or a log line can never
-find, count or change anything more. One pass settles ordinary text and the
-second only confirms it; the repetition is bounded all the same.
+Redacting redacted text must be a no-op, so that a later pass over a
+payload or a log line never finds, counts or changes anything more. Email
+and phone verdicts read only what their own replacements leave as it was:
+placeholders are not words, a placeholder's brackets end a figure where its
+digits did, and the characters glued to a number are never part of another
+one. So one pass settles them. Two things can still move a verdict, and only
+then is the pass repeated (bounded): an address replaced after the
+phones (its words were cue words), and a long run of figures whose split
+ran out of its budget of checks.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import TypedDict
 
 from memory_worker.redaction.address import find_addresses
 from memory_worker.redaction.email import find_emails
-from memory_worker.redaction.phone import find_phones
-from memory_worker.redaction.spans import Kind, Span, replace_spans
-
-Finder = Callable[[str], list[Span]]
+from memory_worker.redaction.phone import Progress, find_phones
+from memory_worker.redaction.spans import replace_spans
 
 _MAX_PASSES = 4
 
@@ -60,33 +60,36 @@ class Redactor:
         self.redact_email = redact_email
         self.redact_phone = redact_phone
         self.redact_address = redact_address
-        stages: list[tuple[Kind, Finder]] = []
-        if redact_email:
-            stages.append(("email", find_emails))
-        if redact_phone:
-            stages.append(("phone", find_phones))
-        if redact_address:
-            stages.append(("address", find_addresses))
-        self._stages = tuple(stages)
 
     def __repr__(self) -> str:
         return (f"Redactor(redact_email={self.redact_email}, redact_phone={self.redact_phone}, "
                 f"redact_address={self.redact_address})")
 
     def __call__(self, text: str) -> RedactionResult:
-        counts: RedactionCounts = {"email": 0, "phone": 0, "address": 0}
+        emails = phones = addresses = 0
         redacted = text
+        progress = Progress()
         for _ in range(_MAX_PASSES):
+            progress.settled = True
             changed = False
-            for kind, find in self._stages:
-                redacted, found = replace_spans(redacted, find(redacted))
-                counts[kind] += found
-                changed = changed or found > 0
-            if not changed:
+            if self.redact_email and (spans := find_emails(redacted)):
+                redacted, found = replace_spans(redacted, spans)
+                emails += found
+                changed = True
+            if self.redact_phone and (spans := find_phones(redacted, progress)):
+                redacted, found = replace_spans(redacted, spans)
+                phones += found
+                changed = True
+            if self.redact_address and (spans := find_addresses(redacted)):
+                redacted, found = replace_spans(redacted, spans)
+                addresses += found
+                changed = True
+                progress.settled = False
+            if not changed or progress.settled:
                 break
         return {
             "text": redacted,
-            "redactions": counts,
+            "redactions": {"email": emails, "phone": phones, "address": addresses},
             "original_length": len(text),
             "redacted_length": len(redacted),
         }

@@ -8,6 +8,7 @@ change what the cue says.
 from __future__ import annotations
 
 import re
+from functools import lru_cache
 
 # A word is a token with at least one letter that does not continue another
 # token: not the suffix after an apostrophe (``'yı``), not the inside of a
@@ -25,6 +26,7 @@ _FOLD = str.maketrans(
 _NEAR = 32
 
 
+@lru_cache(maxsize=8192)
 def fold(word: str) -> str:
     """A comparison key: case-insensitive, Turkish dotted/dotless i and accents merged."""
     return word.casefold().translate(_FOLD)
