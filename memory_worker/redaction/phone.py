@@ -284,10 +284,9 @@ def _glued(text: str, segment: Span, form: str) -> bool:
             previous = text[start - 2] if start > 1 else ""
             if (before == "." and not previous.isalpha()) or previous.isdigit():
                 return True
-        elif before == "/" and form == "bare":
-            # A path or a ratio, unless a messenger link: wa.me/905331234567
-            if _MESSENGER_LINK.search(text, max(0, start - 40), start - 1) is None:
-                return True
+        elif before == "/" and form == "bare" and _MESSENGER_LINK.search(
+                text, max(0, start - 40), start - 1) is None:
+            return True  # a path or a ratio, not a messenger link (wa.me/905331234567)
     if end < len(text):
         after = text[end]
         if after.isdigit() or after in _GLUED_AFTER:
