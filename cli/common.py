@@ -15,6 +15,7 @@ environment.
 from __future__ import annotations
 
 import functools
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -22,6 +23,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import click
 import redis
+from redis.connection import parse_url
 
 from memory_worker.clock import Clock, system_clock
 from memory_worker.config import Settings
@@ -30,6 +32,8 @@ from memory_worker.errors import ConfigError, StateUnavailable
 from memory_worker.keys import Keys
 
 R = TypeVar("R")
+# The password of any URL quoted in a message: scheme://user:PASSWORD@host
+_URL_PASSWORD = re.compile(r"(://[^/@\s:'\"]*:)[^\s'\"]*@")
 Send = Callable[[str, dict[str, Any]], None]
 
 
@@ -40,6 +44,7 @@ class OperationalError(click.ClickException):
 
     def show(self, file: Any = None) -> None:
         message = " ".join(self.format_message().split())  # one line, whatever it quotes
+        message = _URL_PASSWORD.sub(r"\1***@", message)  # never a secret, whoever wrote it
         click.echo(f"memory-worker: error: {message}", err=True)
 
 
@@ -86,12 +91,17 @@ class Ops:
         return self.clock()
 
 
-def _port_problem(variable: str, url: str) -> ConfigError | None:
+def _url_problem(variable: str, url: str, parse: Callable[[str], object]) -> ConfigError | None:
+    """Why a client could not be built for ``url``, found before any command runs."""
     try:
-        _ = urlsplit(url).port  # raises for a port that is not a number in range
+        parse(url)
     except ValueError as exc:
         return ConfigError(variable, f"{exc} in {redacted_url(url)!r}")
     return None
+
+
+def _port(url: str) -> object:
+    return urlsplit(url).port  # raises for a port that is not a number in range
 
 
 def load_settings(redis_url: str | None, broker_url: str | None = None) -> Settings:
@@ -101,8 +111,8 @@ def load_settings(redis_url: str | None, broker_url: str | None = None) -> Setti
             settings = settings.with_redis_url(redis_url)
         if broker_url:
             settings = settings.with_broker_url(broker_url)
-        problem = (_port_problem("REDIS_URL", settings.redis_url)
-                   or _port_problem("CELERY_BROKER_URL", settings.broker_url))
+        problem = (_url_problem("REDIS_URL", settings.redis_url, parse_url)
+                   or _url_problem("CELERY_BROKER_URL", settings.broker_url, _port))
         if problem is not None:
             raise problem
         return settings

@@ -1,26 +1,33 @@
-"""Entry point of ``memory-worker``."""
+"""Entry point of ``memory-worker``.
+
+The commands (``cli.app``) are imported when the entry point runs: importing the
+library opens this process's metric files when ``PROMETHEUS_MULTIPROC_DIR`` is
+set (prometheus_client's multiprocess mode), and a directory that cannot hold
+them must end the command with one line, not a traceback.
+"""
 
 from __future__ import annotations
 
+import sys
+
 import click
-
-from cli.config_commands import config
-from cli.drill_commands import drill
-from cli.metrics_commands import metrics_clean, metrics_server
-from cli.mode_commands import clear, force, reset_failures, status
-from cli.read_commands import invalidate, probe, zep_sim
-from cli.write_commands import dlq_group, spool_group
-
-
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
-def cli() -> None:
-    """Operate the memory workers: modes, probes, dead letters, drills."""
-
-
-for command in (status, force, clear, reset_failures, invalidate, probe, dlq_group,
-                spool_group, drill, metrics_server, metrics_clean, config, zep_sim):
-    cli.add_command(command)
 
 
 def main() -> None:
+    try:
+        from cli.app import cli
+    except OSError as exc:
+        where = f" {exc.filename}" if exc.filename else ""
+        click.echo(f"memory-worker: error: cannot open{where}: {exc.strerror or exc} "
+                   "(metric files go to PROMETHEUS_MULTIPROC_DIR)", err=True)
+        sys.exit(1)
     cli(prog_name="memory-worker")
+
+
+def __getattr__(name: str) -> click.Group:
+    """``from cli.main import cli``: the group, imported on first use."""
+    if name == "cli":
+        from cli.app import cli
+
+        return cli
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -61,5 +61,8 @@ def zep_sim(ops: Ops, host: str, port: int, api_key: str | None) -> None:
 
     if not api_key:
         raise click.UsageError("set ZEP_API_KEY or pass --api-key")
-    serve(host, port, api_key,
-          on_ready=lambda url: click.echo(f"Zep simulator listening on {url}", err=True))
+    try:
+        serve(host, port, api_key,
+              on_ready=lambda url: click.echo(f"Zep simulator listening on {url}", err=True))
+    except OSError as exc:
+        raise OperationalError(f"cannot serve on {host}:{port}: {exc.strerror or exc}") from None
