@@ -416,37 +416,50 @@ class ZepClient:
         """The failure an exception of the SDK or httpx stands for."""
         if isinstance(exc, ApiError):
             status = exc.status_code if exc.status_code is not None else call.status_code
-            return self._by_status(status, _server_message(exc.body), call, missing)
-        if isinstance(exc, TimeoutError | httpx.TimeoutException):
-            return Failure(Reason.TIMEOUT)
-        if isinstance(exc, httpx.TransportError):
-            return Failure(Reason.CONNECTION_ERROR, message=type(exc).__name__)
-        if isinstance(exc, ValueError):
-            # The SDK parses bodies as JSON and raises ValueError on anything else:
-            # the status recorded under it still says what happened.
-            status = call.status_code
-            if status is not None and not 200 <= status < 300:
-                return self._by_status(status, None, call, missing)
-            return Failure(Reason.SERVER_ERROR, status, message="unreadable answer")
-        if not isinstance(exc, httpx.HTTPError):
-            log_event(log, "zep_unexpected_error", logging.WARNING, error=type(exc).__name__)
-        return Failure(Reason.SERVER_ERROR, call.status_code, message=type(exc).__name__)
+            return failure_by_status(status, _server_message(exc.body), call.retry_after,
+                                     self._now(), missing)
+        return transport_failure(exc, call, missing, self._now())
 
-    def _by_status(
-        self, status: int | None, message: str | None, call: Call, missing: Reason
-    ) -> Failure:
-        if status is None or status >= 500 or status < 400:
-            return Failure(Reason.SERVER_ERROR, status, message=message)
-        if status in (401, 403):
-            return Failure(Reason.AUTH, status, message=message)
-        if status == 404:
-            return Failure(missing, status, message=message)
-        if status == 408:
-            return Failure(Reason.TIMEOUT, status, message=message)
-        if status == 429:
-            wait = parse_retry_after(call.retry_after, self._now())
-            return Failure(Reason.RATE_LIMITED, status, wait, message)
-        return Failure(Reason.CLIENT_ERROR, status, message=message)
+
+def transport_failure(exc: Exception, call: Call, missing: Reason, now: float) -> Failure:
+    """The failure of a call that raised something other than the SDK's own API error.
+
+    Shared by both APIs' clients: a deadline or a timeout of httpx is ``timeout``,
+    another httpx transport error ``connection_error``, a body the SDK could not
+    parse is classified by the status recorded under it.
+    """
+    if isinstance(exc, TimeoutError | httpx.TimeoutException):
+        return Failure(Reason.TIMEOUT)
+    if isinstance(exc, httpx.TransportError):
+        return Failure(Reason.CONNECTION_ERROR, message=type(exc).__name__)
+    if isinstance(exc, ValueError):
+        # The SDK parses bodies as JSON and raises ValueError on anything else:
+        # the status recorded under it still says what happened.
+        status = call.status_code
+        if status is not None and not 200 <= status < 300:
+            return failure_by_status(status, None, call.retry_after, now, missing)
+        return Failure(Reason.SERVER_ERROR, status, message="unreadable answer")
+    if not isinstance(exc, httpx.HTTPError):
+        log_event(log, "zep_unexpected_error", logging.WARNING, error=type(exc).__name__)
+    return Failure(Reason.SERVER_ERROR, call.status_code, message=type(exc).__name__)
+
+
+def failure_by_status(
+    status: int | None, message: str | None, retry_after: str | None, now: float,
+    missing: Reason,
+) -> Failure:
+    """The failure an HTTP status stands for (the table above); ``missing`` is a 404's."""
+    if status is None or status >= 500 or status < 400:
+        return Failure(Reason.SERVER_ERROR, status, message=message)
+    if status in (401, 403):
+        return Failure(Reason.AUTH, status, message=message)
+    if status == 404:
+        return Failure(missing, status, message=message)
+    if status == 408:
+        return Failure(Reason.TIMEOUT, status, message=message)
+    if status == 429:
+        return Failure(Reason.RATE_LIMITED, status, parse_retry_after(retry_after, now), message)
+    return Failure(Reason.CLIENT_ERROR, status, message=message)
 
 
 def _memory(value: SdkMemory) -> Memory:
