@@ -78,3 +78,21 @@ class Keys:
 
     def enqueued(self, client_msg_id: str) -> str:
         return f"{self.prefix}write:enqueued:{client_msg_id}"
+
+    # Zep v4: the ids Zep assigned, durable (no TTL), rebuilt from Zep when lost.
+
+    def zep_thread(self, thread_id: str) -> str:
+        """The Zep v4 thread uuid of ``thread_id``."""
+        return f"{self.prefix}zep:v4:thread:{thread_id}"
+
+    def zep_thread_owner(self, thread_uuid: str) -> str:
+        """The ``thread_id`` a Zep v4 thread uuid belongs to (the mapping read backwards)."""
+        return f"{self.prefix}zep:v4:thread_of:{thread_uuid}"
+
+    def zep_thread_lock(self, thread_id: str) -> str:
+        """Held (``SET NX PX``) by the one process creating ``thread_id``'s Zep thread."""
+        return f"{self.prefix}zep:v4:thread_lock:{thread_id}"
+
+    def zep_user(self, user_id: str) -> str:
+        """The Zep v4 user uuid of ``user_id``."""
+        return f"{self.prefix}zep:v4:user:{user_id}"
