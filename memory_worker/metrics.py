@@ -8,14 +8,28 @@ state: they are read from Redis at scrape time by ``LiveStateCollector`` so
 that every scrape shows one sample per mode, without a ``pid`` label.
 
 Recording is best-effort (STYLE 8): ``safe_inc`` never raises into a caller.
+
+The two counters every read touches (``context_requests``, ``context_cache_hits``)
+are counted through ``read_counts``, a ``Tally``: each thread adds to plain
+integers of its own, and the sums reach the counters in batches. A counter
+increment costs a lock and, in multiprocess mode, a write to the process's
+mmapped file (about 1 µs and 2 µs here); a thread's own integer costs 0.1 µs. The
+counters lag by at most ``FLUSH_INTERVAL_S``: a background thread of the process
+adds what was counted that often, a scrape of this process's registry adds it
+first, and so does a normal exit. A process killed with -9 loses at most its
+last interval of read counts.
 """
 
 from __future__ import annotations
 
+import atexit
 import logging
+import os
+import threading
+import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 
-from prometheus_client import Counter, Histogram
+from prometheus_client import REGISTRY, Counter, Histogram
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
@@ -35,6 +49,103 @@ WRITE_FAILURE_REASONS = (
 WRITE_SKIP_REASONS = ("mode", "duplicate", "already_done")
 PROBE_RESULTS = ("success", "failure", "locked")
 REDIS_OPS = ("mode", "guard", "cache", "rate_limit", "enqueue", "write", "probe", "dlq")
+
+FLUSH_INTERVAL_S = 1.0  # the longest a read's count waits before it reaches its counter
+
+
+class Tally:
+    """Counts of hot-path counters, kept per thread and added to the counters in batches.
+
+    ``cell()`` is the calling thread's list of counts, one per counter, that
+    only this thread writes: ``tally.cell()[i] += 1`` is a plain integer add,
+    without a lock. ``flush()`` adds to each counter what every thread counted
+    since the last flush; it alone writes the flushed totals, so an increment
+    is never lost to a concurrent flush. It runs every ``interval_s`` on a
+    daemon thread started with the first count, before every collection of
+    the default registry, and at exit. A forked child starts from zero (its
+    parent flushes what the parent counted) and starts its own flusher.
+    """
+
+    def __init__(self, *counters: Counter, interval_s: float = FLUSH_INTERVAL_S) -> None:
+        self._counters = counters
+        self._interval_s = interval_s
+        self._lock = threading.Lock()
+        self._local = threading.local()
+        # Per thread that counted: (thread, its counts, what of them was flushed).
+        self._cells: list[tuple[threading.Thread, list[int], list[int]]] = []
+        self._flusher: threading.Thread | None = None
+        os.register_at_fork(after_in_child=self._forget_parent)
+        atexit.register(self.flush)
+        _TALLIES.append(self)
+
+    def cell(self) -> list[int]:
+        """The calling thread's counts, in the order of the counters."""
+        try:
+            cell: list[int] = self._local.cell
+        except AttributeError:
+            cell = self._new_cell()
+        return cell
+
+    def _new_cell(self) -> list[int]:
+        cell = [0] * len(self._counters)
+        with self._lock:
+            self._cells.append((threading.current_thread(), cell, [0] * len(cell)))
+            if self._flusher is None:
+                self._flusher = threading.Thread(target=self._flush_every_interval,
+                                                 name="memory-metrics-flush", daemon=True)
+                self._flusher.start()
+        self._local.cell = cell
+        return cell
+
+    def flush(self) -> None:
+        """Add to the counters what was counted since the last flush; never raises."""
+        try:
+            with self._lock:
+                totals = [0] * len(self._counters)
+                alive = []
+                for thread, cell, flushed in self._cells:
+                    for i, (count, done) in enumerate(zip(cell, flushed, strict=True)):
+                        totals[i] += count - done
+                        flushed[i] = count
+                    if thread.is_alive():  # an ended thread counts no more: drop its cell
+                        alive.append((thread, cell, flushed))
+                self._cells = alive
+                for counter, amount in zip(self._counters, totals, strict=True):
+                    if amount:
+                        counter.inc(amount)
+        except Exception:
+            log.debug("metric flush failed", exc_info=True)
+
+    def _flush_every_interval(self) -> None:
+        while True:
+            time.sleep(self._interval_s)
+            self.flush()
+
+    def _forget_parent(self) -> None:
+        """In a forked child: the parent's counts are the parent's to flush."""
+        self._lock = threading.Lock()
+        self._local = threading.local()
+        self._cells = []
+        self._flusher = None
+
+
+_TALLIES: list[Tally] = []
+
+
+class _FlushBeforeCollect(Collector):
+    """Registered ahead of every counter, so a collection of the default registry sees
+    every count made in this process up to that moment."""
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        for tally in _TALLIES:
+            tally.flush()
+        return iter(())
+
+    def describe(self) -> Iterable[GaugeMetricFamily]:
+        return []
+
+
+REGISTRY.register(_FlushBeforeCollect())
 
 # Reads are budgeted in hundreds of milliseconds, writes in seconds.
 _READ_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.5, 1.0, 2.5)
@@ -64,6 +175,9 @@ context_requests = Counter(
 context_cache_hits = Counter(
     "memory_zep_context_cache_hits", "fetch_thread_context calls answered by the positive cache"
 )
+# The read path counts these through ``read_counts`` (cheaper than an increment each).
+read_counts = Tally(context_requests, context_cache_hits)
+CONTEXT_REQUESTS, CONTEXT_CACHE_HITS = 0, 1
 read_requests = Counter("memory_zep_read_requests", "Context reads sent to Zep, failures included")
 write_requests = Counter("memory_zep_write_requests", "Write attempts sent to Zep")
 write_success = Counter("memory_zep_write_success", "Messages stored in Zep")

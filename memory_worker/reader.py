@@ -1,6 +1,6 @@
 """The guarded read: what ``fetch_thread_context`` decides, free of I/O (SPEC §5).
 
-``read_flow`` is a generator: it yields the I/O it needs (``Snapshot``,
+``ReadPolicy.flow`` is a generator: it yields the I/O it needs (``Snapshot``,
 ``ZepRead``, ``AfterRead``, ``RunGuard``, ``Pause``) and receives the results,
 so the synchronous and the asynchronous read share one copy of the rules and
 differ only in how they perform each step (``runtime.py``). A Redis step that
@@ -10,7 +10,11 @@ failed comes back as ``None``: the flow then fails open onto the process's
 A cache hit or a blocked read costs one Redis round trip (one ``MGET`` of the
 forced record, the cache entry and the 429 pause); a cache miss adds the Zep
 call and one script that caches, resets the failure count and records the
-latency sample together.
+latency sample together. Nothing else on the way of a hit or a blocked read
+waits or allocates much: the performers take the ``MGET`` step without driving
+the generator (``begin``, ``MGET``, ``decide``), the two read counters are
+per-thread tallies (``metrics.Tally``), and a forced record and a cache entry
+are parsed once per distinct stored value.
 
 The whole read ends within ``MEMORY_READ_TIMEOUT_MS`` + 25 ms: the Zep call gets
 what is left of the budget after the snapshot, and each Redis step after it
@@ -22,6 +26,8 @@ a step cut short comes back as ``None`` like any Redis failure.
 from __future__ import annotations
 
 import logging
+import math
+import threading
 import time
 import uuid
 from collections.abc import Callable, Generator
@@ -37,7 +43,7 @@ from memory_worker.guard import Decision, Guard, ScriptCall
 from memory_worker.ids import ID_RULE, is_valid_id
 from memory_worker.keys import VIEWS, Keys
 from memory_worker.logs import log_event
-from memory_worker.modes import ForcedRecord, Mode, base_mode, effective_mode, parse_forced
+from memory_worker.modes import ForcedRecord, base_mode, effective_mode, parse_forced
 from memory_worker.zep import Failure, Memory, ReadResult, Reason
 
 log = logging.getLogger("memory_worker.reader")
@@ -150,7 +156,14 @@ def check_request(thread_id: object, view: object) -> None:
 
 @dataclass
 class ReadPolicy:
-    """What one process needs to decide a read; shared by the sync and async paths."""
+    """What one process needs to decide a read; shared by the sync and async paths.
+
+    ``flow`` is the whole read as one generator. The performers run its first
+    step themselves, as the hot path: ``begin`` (the keys of the one ``MGET``),
+    the ``MGET``, ``decide`` (the answer of a hit, a blocked read, a negative
+    entry, a pause) and, for a miss only, the generator ``miss``. ``flow`` is
+    built from the same three, so the rules exist once.
+    """
 
     settings: Settings
     keys: Keys
@@ -164,42 +177,78 @@ class ReadPolicy:
         # Settings are frozen: what every read needs is computed once, off the hot path.
         self.base = base_mode(write=self.settings.flag_zep_write,
                               read=self.settings.flag_zep_read)
+        self._base_value = self.base.value
         self._reads = self.base.reads
         self._forced_key = self.keys.forced
         self._pause_key = self.keys.rate_limited_until
+        self._ctx_prefix = f"{self.keys.prefix}ctx:"
+        self._grace = self.settings.grace_seconds
         self._all_done = (self.settings.read_timeout_ms / 1000 + READ_SLACK_SECONDS
                           - FLOW_MARGIN_SECONDS)
+        self._forced_seen: tuple[str, ForcedRecord | None] = ("", None)
+        self._entries = _DecodedEntries()
 
     def flow(self, thread_id: str, view: str) -> Flow:
         started = self.perf()
-        check_request(thread_id, view)
-        metrics.safe_inc(metrics.context_requests)
-        base = self.base
-        meta = _Meta(self.perf, started, base)
-        if not self._reads:
-            return None, meta.done(source="disabled", reason="reads_disabled")
+        keys = self.begin(thread_id, view)
+        if keys is None:
+            return self.disabled(started)
+        snapshot = yield Snapshot(keys)
+        result = self.decide(thread_id, started, snapshot)
+        if result is not None:
+            return result
+        return (yield from self.miss(thread_id, view, started, keys[1], snapshot is not None))
 
-        now = self.clock()
-        cache_key = self.keys.context(thread_id, view)
-        snapshot = yield Snapshot([self._forced_key, cache_key, self._pause_key])
-        shared = snapshot is not None
+    def begin(self, thread_id: str, view: str) -> list[str] | None:
+        """Check and count the call; the keys of its ``MGET``, or None when reads are off."""
+        check_request(thread_id, view)
+        metrics.read_counts.cell()[metrics.CONTEXT_REQUESTS] += 1
+        if not self._reads:
+            return None
+        return [self._forced_key, f"{self._ctx_prefix}{thread_id}:{view}", self._pause_key]
+
+    def disabled(self, started: float) -> Result:
+        return None, self._meta(started, "disabled", reason="reads_disabled")
+
+    def decide(self, thread_id: str, started: float, snapshot: list[Any] | None
+               ) -> Result | None:
+        """What the snapshot answers on its own; None when the read must go to Zep.
+
+        ``snapshot``: the ``MGET`` reply (forced record, cache entry, pause), or
+        None when Redis failed: then the process's ``LocalGuard`` decides.
+        """
         if snapshot is None:
+            now = self.clock()
             forced = self.local.forced(now)
-            entry, paused = None, self.local.rate_limited(now)
+            raw, paused = None, self.local.rate_limited(now)
         else:
-            forced = parse_forced(snapshot[0], now, self.settings.grace_seconds)
-            entry, paused = cache.decode(snapshot[1]), _float(snapshot[2]) > now
+            forced_raw, raw, pause_raw = snapshot
+            forced = None if forced_raw is None else self._forced(forced_raw, self.clock())
+            paused = pause_raw is not None and _float(pause_raw) > self.clock()
         if forced is not None:
             self._log_blocked(thread_id, forced)
-            return None, meta.blocked(forced)
-        if entry is not None and entry.context is not None:
-            metrics.safe_inc(metrics.context_cache_hits)
-            return entry.context, meta.done(source="zep", used=True, cached=True)
-        if entry is not None:
-            return None, meta.done(source="negative_cache", reason=entry.reason, cached=True)
+            meta = self._meta(started, "write_only_forced", reason=forced.reason,
+                              mode=effective_mode(self.base, forced).value)
+            meta["until"] = forced.until
+            return None, meta
+        if raw is not None:
+            entry = self._entries.get(raw)
+            if entry is not None:
+                if entry.context is not None:
+                    metrics.read_counts.cell()[metrics.CONTEXT_CACHE_HITS] += 1
+                    return (_copy(entry.context),
+                            self._meta(started, "zep", used=True, cached=True))
+                return None, self._meta(started, "negative_cache", reason=entry.reason,
+                                        cached=True)
         if paused:
-            return None, meta.done(source="rate_limited", reason=Reason.RATE_LIMITED.value)
+            return None, self._meta(started, "rate_limited", reason=Reason.RATE_LIMITED.value)
+        return None
 
+    def miss(self, thread_id: str, view: str, started: float, cache_key: str,
+             shared: bool) -> Flow:
+        """The read of a miss: Zep within what is left of the budget, then its aftermath."""
+        now = self.clock()
+        base = self.base
         remaining = self.settings.read_timeout_ms / 1000 - (self.perf() - started)
         call_started = self.perf()
         outcome: ReadResult = Failure(Reason.TIMEOUT)
@@ -223,7 +272,7 @@ class ReadPolicy:
             if self._too_slow(median):
                 decision = yield from self._force("latency", shared, now, ends)
             mode = effective_mode(base, decision.record if decision else None)
-            return context, meta.done(source="zep", used=True, mode=mode)
+            return context, self._meta(started, "zep", used=True, mode=mode.value)
 
         reason = outcome.reason
         metrics.safe_inc(metrics.context_failures, reason=reason.value)
@@ -241,7 +290,24 @@ class ReadPolicy:
         elif reason is Reason.RATE_LIMITED:
             yield from self._pause(outcome, shared, now, ends)
         mode = effective_mode(base, decision.record if decision else None)
-        return None, meta.done(source="error", reason=reason.value, mode=mode)
+        return None, self._meta(started, "error", reason=reason.value, mode=mode.value)
+
+    def _meta(self, started: float, source: str, *, used: bool = False, cached: bool = False,
+              reason: str | None = None, mode: str | None = None) -> Meta:
+        return {"mode": mode or self._base_value, "used": used, "cached": cached,
+                "source": source, "took_ms": round((self.perf() - started) * 1000, 3),
+                "reason": reason}
+
+    def _forced(self, raw: str, now: float) -> ForcedRecord | None:
+        """The forced record in ``raw``, parsed once per distinct value (it rarely changes)."""
+        seen_raw, record = self._forced_seen
+        if raw != seen_raw:
+            # Parsed as of the beginning of time: never stale there; the check is below.
+            record = parse_forced(raw, -math.inf, 0)
+            self._forced_seen = (raw, record)
+        if record is None or record.stale(now, self._grace):
+            return None
+        return record
 
     def _after_read(self, cache_key: str, value: str, ttl_seconds: int, took: float,
                     ends: float, *, success: bool) -> AfterRead:
@@ -304,25 +370,40 @@ class ReadPolicy:
                       reason=forced.reason)
 
 
-class _Meta:
-    __slots__ = ("_base", "_perf", "_started")
+class _DecodedEntries:
+    """Cache entries decoded once per distinct stored value, for as long as they are read.
 
-    def __init__(self, perf: Callable[[], float], started: float, base: Mode) -> None:
-        self._perf, self._started, self._base = perf, started, base
+    Keyed by the exact text Redis returned, so an entry can never be stale: a
+    new value is a new key, an expired one is never asked for. Decoding is most
+    of what a hit costs besides its ``MGET`` (about 10 µs for a summary view);
+    a thread read again while its entry lives is answered from here, with a
+    copy (``_copy``), so a caller that changes its context changes only its own.
+    Bounded by the text it holds; the oldest entries leave first.
+    """
 
-    def done(self, *, source: str, used: bool = False, cached: bool = False,
-             reason: str | None = None, mode: Mode | None = None) -> Meta:
-        return {
-            "mode": (mode or self._base).value, "used": used, "cached": cached,
-            "source": source, "took_ms": round((self._perf() - self._started) * 1000, 3),
-            "reason": reason,
-        }
+    MAX_CHARS = 2_000_000
 
-    def blocked(self, forced: ForcedRecord) -> Meta:
-        meta = self.done(source="write_only_forced", reason=forced.reason,
-                         mode=effective_mode(self._base, forced))
-        meta["until"] = forced.until
-        return meta
+    def __init__(self) -> None:
+        self._entries: dict[str, cache.CacheEntry | None] = {}
+        self._chars = 0
+        self._lock = threading.Lock()
+
+    def get(self, raw: str) -> cache.CacheEntry | None:
+        try:
+            return self._entries[raw]
+        except KeyError:
+            pass
+        entry = cache.decode(raw)
+        if len(raw) <= self.MAX_CHARS // 16:
+            with self._lock:
+                while self._entries and self._chars + len(raw) > self.MAX_CHARS:
+                    oldest = next(iter(self._entries))
+                    del self._entries[oldest]
+                    self._chars -= len(oldest)
+                if raw not in self._entries:
+                    self._entries[raw] = entry
+                    self._chars += len(raw)
+        return entry
 
 
 def shape(view: str, memory: Memory, recent_lastn: int) -> Context:
@@ -332,6 +413,13 @@ def shape(view: str, memory: Memory, recent_lastn: int) -> Context:
     if view == "recent":
         return {"messages": [dict(m) for m in memory.messages[-recent_lastn:]]}
     return {"facts": list(memory.facts)}
+
+
+def _copy(context: Context) -> Context:
+    """A caller's own copy of a decoded context: its lists and message dicts are new."""
+    return {key: ([dict(item) if type(item) is dict else item for item in value]
+                  if type(value) is list else value)
+            for key, value in context.items()}
 
 
 def _lastn(view: str, settings: Settings) -> int:

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, generate_latest
+import os
+import threading
+import time
+
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from memory_worker import metrics
@@ -65,3 +69,81 @@ def test_live_collector_leaves_a_gap_when_redis_fails() -> None:
 def test_safe_inc_swallows_label_mistakes() -> None:
     """Recording is best-effort: a wrong label is logged, not raised."""
     metrics.safe_inc(metrics.downgrades, reason="auth", extra="nope")
+
+
+def _private_counter(name: str) -> tuple[CollectorRegistry, Counter]:
+    registry = CollectorRegistry()
+    return registry, Counter(name, "a counter of the test", registry=registry)
+
+
+def test_a_tally_adds_every_threads_counts_to_its_counter_when_flushed() -> None:
+    """Counts made by many threads at once all reach the counter, none twice."""
+    registry, counter = _private_counter("tally_threads")
+    tally = metrics.Tally(counter, interval_s=3600)
+
+    def count() -> None:
+        for _ in range(10_000):
+            tally.cell()[0] += 1
+
+    threads = [threading.Thread(target=count) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    tally.flush()  # while they count: a flush in the middle loses and doubles nothing
+    for thread in threads:
+        thread.join()
+    tally.flush()
+    tally.flush()
+    assert registry.get_sample_value("tally_threads_total") == 80_000.0
+
+
+def test_a_tally_flushes_by_itself_within_its_interval() -> None:
+    """Without a scrape or an exit, the flusher thread brings the counts in."""
+    registry, counter = _private_counter("tally_interval")
+    tally = metrics.Tally(counter, interval_s=0.05)
+    tally.cell()[0] += 3
+    deadline = time.monotonic() + 10
+    while registry.get_sample_value("tally_interval_total") != 3.0:
+        assert time.monotonic() < deadline, "the flusher never added the counts"
+        time.sleep(0.01)
+
+
+def test_a_scrape_of_the_default_registry_sees_a_read_counted_just_before() -> None:
+    """The read counters are flushed before the default registry is collected."""
+    before = REGISTRY.get_sample_value("memory_zep_context_cache_hits_total") or 0.0
+    metrics.read_counts.cell()[metrics.CONTEXT_CACHE_HITS] += 1
+    assert REGISTRY.get_sample_value("memory_zep_context_cache_hits_total") == before + 1
+
+
+def test_a_forked_child_does_not_count_its_parents_pending_counts_again() -> None:
+    """The parent flushes what it counted; the child starts from zero."""
+    registry, counter = _private_counter("tally_fork")
+    tally = metrics.Tally(counter, interval_s=3600)
+    tally.cell()[0] += 5
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: count once, report what it flushed
+        try:
+            tally.cell()[0] += 1
+            tally.flush()
+            os.write(write, str(registry.get_sample_value("tally_fork_total")).encode())
+        finally:
+            os._exit(0)
+    os.close(write)
+    os.waitpid(pid, 0)
+    with os.fdopen(read) as pipe:
+        assert float(pipe.read()) == 1.0
+    tally.flush()
+    assert registry.get_sample_value("tally_fork_total") == 5.0
+
+
+def test_a_tally_lets_go_of_the_counts_of_threads_that_ended() -> None:
+    """Thread-per-request servers must not grow the tally without end."""
+    registry, counter = _private_counter("tally_ended")
+    tally = metrics.Tally(counter, interval_s=3600)
+    for _ in range(50):
+        thread = threading.Thread(target=lambda: tally.cell().__setitem__(0, 2))
+        thread.start()
+        thread.join()
+    tally.flush()
+    assert registry.get_sample_value("tally_ended_total") == 100.0
+    assert len(tally._cells) == 0

@@ -353,3 +353,33 @@ def test_garbage_in_the_cache_reads_as_a_miss(
     conn.set(keys.context("g", "summary"), garbage)
     context, meta = runtime.fetch("g", "summary")
     assert context is not None and context["summary"] == "fresh" and meta["cached"] is False
+
+
+def test_a_caller_changing_its_context_does_not_change_the_next_hit(
+    runtime: Runtime, sim: ZepSimulator
+) -> None:
+    """Hits of one stored entry decode it once; each caller still gets its own copy."""
+    seed_thread(sim, "mine", 6)
+    sim.seed("mine", summary="kept")
+    first, _ = runtime.fetch("mine", "summary")
+    hit, meta = runtime.fetch("mine", "summary")
+    assert meta["cached"] is True and hit == first and hit is not None
+    hit["summary"] = "changed"
+    hit["messages"].append({"role": "user", "role_type": "user", "content": "mine"})
+    hit["messages"][0]["content"] = "changed"
+    again, _ = runtime.fetch("mine", "summary")
+    assert again == first
+
+
+def test_a_new_value_of_a_cache_entry_is_read_as_it_is_now(
+    runtime: Runtime, sim: ZepSimulator, conn: redis.Redis, keys: Keys
+) -> None:
+    """An entry decoded before does not hide a value written since (another process's)."""
+    sim.seed("n", summary="old")
+    first, _ = runtime.fetch("n", "summary")
+    assert first is not None and first["summary"] == "old"
+    assert runtime.fetch("n", "summary")[1]["cached"] is True
+    conn.set(keys.context("n", "summary"),
+             json.dumps({"context": {"summary": "new", "context": None, "messages": []}}))
+    context, meta = runtime.fetch("n", "summary")
+    assert meta["cached"] is True and context is not None and context["summary"] == "new"
