@@ -15,9 +15,9 @@ from typing import Any
 import click
 from celery import Celery
 from celery.signals import after_setup_logger
-from kombu import Exchange, Queue
 
 from memory_worker import logs
+from memory_worker.broker import DelayedDeliveryTask, broker_config, sweeps_ledger
 from memory_worker.config import Settings
 from memory_worker.errors import ConfigError
 
@@ -51,7 +51,7 @@ def sweep_interval_seconds(settings: Settings) -> float:
 
 
 def celery_config(settings: Settings) -> dict[str, Any]:
-    return {
+    config: dict[str, Any] = {
         "broker_url": settings.broker_url,
         "broker_connection_retry_on_startup": True,
         # A broker that does not answer must not hang a web handler's enqueue:
@@ -59,12 +59,6 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "broker_connection_timeout": 2.0,
         # Workers reconnect forever: a broker restart must not end them.
         "broker_connection_max_retries": None,
-        "broker_transport_options": {
-            "visibility_timeout": settings.broker_visibility_timeout_seconds,
-            "socket_timeout": 5.0,
-            "socket_connect_timeout": 1.0,
-            "health_check_interval": 25,
-        },
         "broker_heartbeat": 30,  # amqp only
         "task_serializer": "json",
         "accept_content": ["json"],
@@ -80,10 +74,6 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "task_soft_time_limit": TASK_SOFT_TIME_LIMIT_S,
         "task_time_limit": TASK_TIME_LIMIT_S,
         "task_default_queue": WRITE_QUEUE,
-        "task_queues": (
-            Queue(WRITE_QUEUE, Exchange(WRITE_QUEUE), routing_key=WRITE_QUEUE),
-            Queue(CONTROL_QUEUE, Exchange(CONTROL_QUEUE), routing_key=CONTROL_QUEUE),
-        ),
         "task_routes": {
             MIRROR_TASK: {"queue": WRITE_QUEUE, "routing_key": WRITE_QUEUE},
             PROBE_TASK: {"queue": CONTROL_QUEUE, "routing_key": CONTROL_QUEUE},
@@ -97,12 +87,6 @@ def celery_config(settings: Settings) -> dict[str, Any]:
                 "options": {"queue": CONTROL_QUEUE,
                             "expires": float(settings.probe_interval_seconds)},
             },
-            "memory-sweep-pending": {
-                "task": SWEEP_TASK,
-                "schedule": timedelta(seconds=sweep_interval_seconds(settings)),
-                "options": {"queue": CONTROL_QUEUE,
-                            "expires": sweep_interval_seconds(settings)},
-            },
         },
         "worker_send_task_events": True,
         "task_send_sent_event": True,
@@ -110,6 +94,16 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "worker_hijack_root_logger": True,
         "worker_redirect_stdouts": False,
     }
+    # Queues, exchanges and transport options of the broker in use (memory_worker.broker).
+    config.update(broker_config(settings.broker_url, (WRITE_QUEUE, CONTROL_QUEUE),
+                                visibility_timeout_s=settings.broker_visibility_timeout_seconds))
+    if sweeps_ledger(settings.broker_url):
+        config["beat_schedule"]["memory-sweep-pending"] = {
+            "task": SWEEP_TASK,
+            "schedule": timedelta(seconds=sweep_interval_seconds(settings)),
+            "options": {"queue": CONTROL_QUEUE, "expires": sweep_interval_seconds(settings)},
+        }
+    return config
 
 
 class _ConfigurationExit(click.ClickException):
@@ -149,7 +143,7 @@ def sender(settings: Settings) -> Callable[[str, dict[str, Any]], None]:
 # `@shared_task` would land on memory_writes), and no fix-ups (Django's makes an app
 # the default one). `celery -A memory_worker worker|beat` makes it current in its own processes.
 app = Celery("memory_worker", include=["tasks.probe", "tasks.mirror", "tasks.sweep"],
-             set_as_current=False, fixups=[])
+             set_as_current=False, fixups=[], task_cls=DelayedDeliveryTask)
 app.add_defaults(_configuration)
 
 
