@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -119,19 +119,71 @@ def read_settings(settings: Settings, sim: Any) -> Settings:
     return dataclasses.replace(settings, zep_api_url=sim.url)
 
 
+BROKERS = ("redis", "rabbitmq")
+
+
+@dataclasses.dataclass(frozen=True)
+class Broker:
+    """The broker a test runs on: ``redis`` (the test Redis) or ``rabbitmq`` (a fresh
+    vhost of the session's RabbitMQ node). ``drained()``: it holds no write, whether
+    queued, delayed or unacknowledged."""
+
+    kind: str
+    url: str
+    drained: Callable[[], bool]
+    queued: Callable[[], list[str]]  # the bodies of the writes waiting in memory_writes
+    env: dict[str, str]  # what the project's processes need to use it
+
+
+@pytest.fixture(scope="session")
+def rabbit(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """One private RabbitMQ node for the run, started when a test first asks for it."""
+    from tests.processes import PrivateRabbit
+
+    with PrivateRabbit(tmp_path_factory.mktemp("rabbitmq")) as node:
+        yield node
+
+
 @pytest.fixture
-def env(redis_url: str, sim: Any, tmp_path: Path) -> dict[str, str]:
-    """The environment of worker subprocesses: writes and reads on, the simulator as Zep."""
+def broker(request: pytest.FixtureRequest, redis_url: str) -> Iterator[Broker]:
+    """The test's broker: Redis unless the test is parametrized over ``BROKERS``
+    (``@pytest.mark.parametrize("broker", BROKERS, indirect=True)``)."""
+    from tests.processes import (
+        rabbit_queued_bodies,
+        rabbit_queues_drained,
+        redis_queued_bodies,
+        redis_queues_drained,
+    )
+
+    kind = getattr(request, "param", "redis")
+    if kind == "redis":
+        client = redis.Redis.from_url(redis_url, decode_responses=True)
+        yield Broker("redis", redis_url, lambda: redis_queues_drained(client),
+                     lambda: redis_queued_bodies(client), {})
+        client.close()
+        return
+    assert kind == "rabbitmq", kind
+    node = request.getfixturevalue("rabbit")
+    with node.vhost() as url:
+        vhost = url.rsplit("/", 1)[1]
+        yield Broker("rabbitmq", url, lambda: rabbit_queues_drained(node, vhost),
+                     lambda: rabbit_queued_bodies(url), {"CELERY_BROKER_URL": url})
+
+
+@pytest.fixture
+def env(redis_url: str, sim: Any, tmp_path: Path, broker: Broker) -> dict[str, str]:
+    """The environment of worker subprocesses: writes and reads on, the simulator as Zep,
+    the test's broker."""
     from tests.processes import project_env
 
     return project_env(redis_url, FLAG_ZEP_WRITE="true", FLAG_ZEP_READ="true",
                        ZEP_API_URL=sim.url, ZEP_API_KEY="test-key",
-                       MEMORY_SPOOL_DIR=str(tmp_path / "spool"))
+                       MEMORY_SPOOL_DIR=str(tmp_path / "spool"), **broker.env)
 
 
 @pytest.fixture
 def publisher(env: dict[str, str], conn: redis.Redis) -> Any:
-    """A Publisher sending to the broker of ``env`` (the test Redis)."""
+    """A Publisher sending to the broker of ``env`` (the test's broker)."""
     from memory_worker.celery_app import sender
     from memory_worker.enqueue import Publisher
 

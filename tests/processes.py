@@ -28,15 +28,34 @@ def project_env(redis_url: str, **extra: str) -> dict[str, str]:
     return env
 
 
-def deliveries_settled(conn: object, keys: object) -> bool:
-    """Nothing of the write path is left anywhere: no queued or unacknowledged task, and
-    the delivery ledger holds no message (every one done or dead-lettered, none that the
+def deliveries_settled(conn: object, keys: object,
+                       broker_drained: Callable[[], bool] | None = None) -> bool:
+    """Nothing of the write path is left anywhere: no queued, delayed or unacknowledged
+    task (``broker_drained``; by default the Redis broker behind ``conn``), and the
+    delivery ledger holds no message (every one done or dead-lettered, none that the
     sweep could publish again). Past this, no further copy of a message can reach Zep."""
+    if conn.zcard(keys.write_pending) != 0:  # type: ignore[attr-defined]
+        return False
+    return broker_drained() if broker_drained is not None else redis_queues_drained(conn)
+
+
+def redis_queues_drained(conn: object) -> bool:
+    """A Redis broker holds no write: none queued, none unacknowledged (nor waiting for
+    its ETA in a worker, which holds it unacknowledged)."""
     from memory_worker.celery_app import WRITE_QUEUE
 
     return (conn.llen(WRITE_QUEUE) == 0  # type: ignore[attr-defined]
-            and not conn.hlen("unacked")  # type: ignore[attr-defined]
-            and conn.zcard(keys.write_pending) == 0)  # type: ignore[attr-defined]
+            and not conn.hlen("unacked"))  # type: ignore[attr-defined]
+
+
+def rabbit_queues_drained(node: PrivateRabbit, vhost: str) -> bool:
+    """A RabbitMQ vhost holds no write: none ready or unacknowledged in ``memory_writes``,
+    none waiting in the delayed-delivery queues (``celery_delayed_*``)."""
+    from memory_worker.celery_app import WRITE_QUEUE
+
+    counts = node.messages(vhost)
+    return not any(n for name, n in counts.items()
+                   if name == WRITE_QUEUE or name.startswith("celery_delayed_"))
 
 
 def accepted_adds(sim: object, client_msg_id: str) -> int:
@@ -234,3 +253,166 @@ def _pings(client: object) -> bool:
         return bool(client.ping())  # type: ignore[attr-defined]
     except redis.RedisError:
         return False
+
+
+# Debian's scripts, run directly: the wrappers in /usr/sbin switch to the rabbitmq user.
+RABBITMQ_BIN = Path("/usr/lib/rabbitmq/bin")
+
+
+class PrivateRabbit:
+    """A RabbitMQ node of the test's own: its name, ports, files and Erlang cookie.
+
+    Node ``memtest-<port>@localhost`` listens on 127.0.0.1 on a free port, keeps
+    its database and logs under ``directory`` (so a stop and a start keep its
+    quorum queues, as a restarted broker does) and its cookie in ``directory``
+    as ``HOME``; a system RabbitMQ, if any, is left alone. Each test gets a
+    vhost of its own (``vhost()``), deleted after it.
+    """
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self.port = free_port()
+        self.dist_port = free_port()
+        self.node = f"memtest-{self.port}@localhost"
+        self.proc: subprocess.Popen[bytes] | None = None
+        self._vhosts = 0
+
+    def url(self, vhost: str = "/") -> str:
+        """The broker URL of ``vhost`` (the default vhost ``/`` is the URL without a path)."""
+        base = f"amqp://guest:guest@127.0.0.1:{self.port}"
+        return base if vhost == "/" else f"{base}/{vhost}"
+
+    def start(self) -> PrivateRabbit:
+        server = RABBITMQ_BIN / "rabbitmq-server"
+        if not server.exists():
+            raise AssertionError("rabbitmq-server is not installed (make test installs it)")
+        self.directory.mkdir(parents=True, exist_ok=True)
+        (self.directory / "enabled_plugins").write_text("[].\n")
+        (self.directory / "rabbitmq.conf").write_text(
+            f"listeners.tcp.default = 127.0.0.1:{self.port}\n"
+            "log.console = false\nlog.file.level = warning\n")
+        (self.directory / "rabbitmq-env.conf").write_text("")
+        with (self.directory / "server.log").open("ab") as log:
+            self.proc = subprocess.Popen([str(server)], env=self._env(), cwd=self.directory,
+                                         stdout=log, stderr=subprocess.STDOUT,
+                                         start_new_session=True)
+        wait_for(lambda: self._listening() or self._exited(), 120,
+                 f"RabbitMQ node {self.node} to listen")
+        if self._exited():
+            raise AssertionError(f"RabbitMQ node {self.node} exited; see "
+                                 f"{self.directory / 'server.log'}")
+        self.ctl("await_startup")
+        return self
+
+    def stop(self) -> None:
+        """``rabbitmqctl stop`` (a clean shutdown), then kill whatever is left."""
+        if self.proc is None:
+            return
+        if self.proc.poll() is None:
+            self.ctl("stop", check=False)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.proc.wait(timeout=30)
+        kill_group(self.proc.pid)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.proc.wait(timeout=10)
+        self.proc = None
+
+    def __enter__(self) -> PrivateRabbit:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    @contextmanager
+    def vhost(self) -> Iterator[str]:
+        """A fresh vhost with all permissions for ``guest``; its broker URL; deleted after."""
+        import json
+
+        self._vhosts += 1
+        name = f"t{self._vhosts}-{os.urandom(3).hex()}"
+        definitions = self.directory / f"{name}.json"
+        definitions.write_text(json.dumps({
+            "vhosts": [{"name": name}],
+            "permissions": [{"user": "guest", "vhost": name, "configure": ".*",
+                             "write": ".*", "read": ".*"}]}))
+        self.ctl("import_definitions", str(definitions))  # one call: vhost and permissions
+        definitions.unlink()
+        try:
+            yield self.url(name)
+        finally:
+            if self.proc is not None and self.proc.poll() is None:
+                self.ctl("delete_vhost", name, check=False)
+
+    def messages(self, vhost: str) -> dict[str, int]:
+        """Every queue of ``vhost`` with its messages, ready and unacknowledged together."""
+        out = self.ctl("list_queues", "-p", vhost, "name", "messages").stdout
+        counts = {}
+        for line in out.splitlines():
+            name, _, count = line.rpartition("\t")
+            if name and count.isdigit():
+                counts[name] = int(count)
+        return counts
+
+    def ctl(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        done = subprocess.run([str(RABBITMQ_BIN / "rabbitmqctl"), "-n", self.node, "-q",
+                               "--timeout", "60", *args], env=self._env(),
+                              capture_output=True, text=True, timeout=90, check=False)
+        if check and done.returncode != 0:
+            raise AssertionError(f"rabbitmqctl {' '.join(args)} failed ({done.returncode}): "
+                                 f"{done.stderr.strip() or done.stdout.strip()}")
+        return done
+
+    def _env(self) -> dict[str, str]:
+        d = self.directory
+        return {**os.environ, "HOME": str(d), "RABBITMQ_NODENAME": self.node,
+                "RABBITMQ_NODE_IP_ADDRESS": "127.0.0.1", "RABBITMQ_NODE_PORT": str(self.port),
+                "RABBITMQ_DIST_PORT": str(self.dist_port), "ERL_EPMD_ADDRESS": "127.0.0.1",
+                "RABBITMQ_CONF_ENV_FILE": str(d / "rabbitmq-env.conf"),
+                "RABBITMQ_CONFIG_FILE": str(d / "rabbitmq.conf"),
+                "RABBITMQ_ENABLED_PLUGINS_FILE": str(d / "enabled_plugins"),
+                "RABBITMQ_MNESIA_BASE": str(d / "mnesia"), "RABBITMQ_LOG_BASE": str(d / "log"),
+                "RABBITMQ_PID_FILE": str(d / "node.pid")}
+
+    def _listening(self) -> bool:
+        import socket
+
+        with socket.socket() as sock:
+            sock.settimeout(0.5)
+            return sock.connect_ex(("127.0.0.1", self.port)) == 0
+
+    def _exited(self) -> bool:
+        return self.proc is None or self.proc.poll() is not None
+
+
+def redis_queued_bodies(conn: object) -> list[str]:
+    """The bodies (task arguments, as JSON text) of the writes waiting in a Redis broker."""
+    import base64
+    import json
+
+    from memory_worker.celery_app import WRITE_QUEUE
+
+    bodies = []
+    for raw in conn.lrange(WRITE_QUEUE, 0, -1):  # type: ignore[attr-defined]
+        envelope = json.loads(raw)
+        body = envelope["body"]
+        if envelope["properties"].get("body_encoding") == "base64":
+            body = base64.b64decode(body).decode()
+        bodies.append(str(body))
+    return bodies
+
+
+def rabbit_queued_bodies(url: str) -> list[str]:
+    """The bodies of the writes ready in a RabbitMQ vhost, taken without acknowledgement:
+    closing the channel puts them back."""
+    from kombu import Connection
+
+    from memory_worker.celery_app import WRITE_QUEUE
+
+    bodies = []
+    with Connection(url, connect_timeout=5) as connection:
+        channel = connection.channel()
+        while (message := channel.basic_get(WRITE_QUEUE, no_ack=False)) is not None:
+            body = message.body
+            bodies.append(body.decode() if isinstance(body, bytes) else str(body))
+        channel.close()
+    return bodies

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import base64
 import json
 import os
 import signal
@@ -18,19 +17,22 @@ import redis
 from click.testing import CliRunner
 
 from cli.main import cli
-from memory_worker.celery_app import WRITE_QUEUE, sender
+from memory_worker.celery_app import sender
 from memory_worker.config import Settings
 from memory_worker.enqueue import Publisher
 from memory_worker.keys import Keys
 from memory_worker.zep_sim import Fault, ZepSimulator
-from tests.conftest import FakeClock
+from tests.conftest import BROKERS, Broker, FakeClock
 from tests.processes import (
     ROOT,
+    PrivateRabbit,
     PrivateRedis,
     accepted_adds,
     celery_process,
     deliveries_settled,
     project_env,
+    rabbit_queues_drained,
+    redis_queues_drained,
     wait_for,
     worker_args,
 )
@@ -38,6 +40,8 @@ from tests.processes import (
 MEMORY = "*/sessions/*/memory"
 PII_TEXT = "Reach me at deniz.kaya@example.com.tr or +90 533 765 43 21 about flat 4"
 LEAKS = ("deniz.kaya", "example.com.tr", "533 765", "765 43 21")
+# Every test runs on a Redis broker and on a RabbitMQ one (a fresh vhost each).
+ON_BOTH_BROKERS = pytest.mark.parametrize("broker", BROKERS, indirect=True)
 
 
 @pytest.fixture
@@ -53,12 +57,9 @@ def worker(worker_proc: tuple[subprocess.Popen[bytes], Path]) -> Path:
     return worker_proc[1]
 
 
-def queue_drained(conn: redis.Redis) -> bool:
-    return conn.llen(WRITE_QUEUE) == 0 and not conn.hlen("unacked")
-
-
+@ON_BOTH_BROKERS
 def test_the_same_message_from_five_processes_is_stored_once(
-    env: dict[str, str], conn: redis.Redis, sim: ZepSimulator, worker: Path
+    env: dict[str, str], conn: redis.Redis, sim: ZepSimulator, worker: Path, broker: Broker
 ) -> None:
     """Five processes enqueue client_msg_id dup-1 at once: one publish, one message in Zep."""
     children = [
@@ -72,23 +73,21 @@ def test_the_same_message_from_five_processes_is_stored_once(
     results = [json.loads(c.communicate(timeout=60)[0]) for c in children]
     assert sorted(r["duplicate"] for r in results) == [False, True, True, True, True]
     wait_for(lambda: len(sim.messages("t-dup")) == 1, 30, "the write")
-    wait_for(lambda: deliveries_settled(conn, Keys()), 30, "every copy to be accounted for")
+    wait_for(lambda: deliveries_settled(conn, Keys(), broker.drained), 30,
+             "every copy to be accounted for")
     assert accepted_adds(sim, "dup-1") == 1  # what was sent, not what Zep kept
     assert len(sim.messages("t-dup")) == 1
 
 
+@ON_BOTH_BROKERS
 def test_pii_never_reaches_the_broker_the_simulator_or_the_logs(
     publisher: Publisher, conn: redis.Redis, sim: ZepSimulator, env: dict[str, str],
-    tmp_path: Path, keys: Keys,
+    tmp_path: Path, keys: Keys, broker: Broker,
 ) -> None:
     """The queued task, the stored message and every log line are free of the email and phone."""
     result = publisher.enqueue("t-pii", "user", PII_TEXT, "pii-1", metadata={"cc": PII_TEXT})
     assert result.redactions["email"] == 2 and result.redactions["phone"] == 2
-    [raw] = conn.lrange(WRITE_QUEUE, 0, -1)
-    envelope = json.loads(raw)
-    body = envelope["body"]
-    if envelope["properties"].get("body_encoding") == "base64":
-        body = base64.b64decode(body).decode()
+    [body] = broker.queued()
     assert "[EMAIL]" in body and "[PHONE]" in body
     assert not any(leak in body for leak in LEAKS), body
     log = tmp_path / "pii-worker.log"
@@ -100,6 +99,7 @@ def test_pii_never_reaches_the_broker_the_simulator_or_the_logs(
         assert not any(leak in text for leak in LEAKS)
 
 
+@ON_BOTH_BROKERS
 def test_killing_the_worker_process_mid_write_still_stores_the_message_once(
     publisher: Publisher, conn: redis.Redis, sim: ZepSimulator, keys: Keys,
     worker_proc: tuple[subprocess.Popen[bytes], Path],
@@ -122,6 +122,7 @@ def test_killing_the_worker_process_mid_write_still_stores_the_message_once(
     assert "WorkerLostError" in log.read_text()
 
 
+@ON_BOTH_BROKERS
 def test_stored_then_500_is_still_one_message_after_the_worker_retries(
     publisher: Publisher, conn: redis.Redis, sim: ZepSimulator, keys: Keys, worker: Path
 ) -> None:
@@ -136,6 +137,7 @@ def test_stored_then_500_is_still_one_message_after_the_worker_retries(
     assert '"zep_write_retry"' in worker.read_text()
 
 
+@ON_BOTH_BROKERS
 def test_429_schedules_the_retry_after_retry_after(
     publisher: Publisher, conn: redis.Redis, sim: ZepSimulator, worker: Path
 ) -> None:
@@ -157,6 +159,7 @@ def test_429_schedules_the_retry_after_retry_after(
     assert conn.hget("mem:write:circuit:v1", "consecutive") in (None, "0")
 
 
+@ON_BOTH_BROKERS
 def test_429s_outlasting_every_retry_still_store_the_message(
     publisher: Publisher, conn: redis.Redis, sim: ZepSimulator, keys: Keys,
     env: dict[str, str], tmp_path: Path,
@@ -173,6 +176,7 @@ def test_429s_outlasting_every_retry_still_store_the_message(
     assert [r.status for r in sim.requests("POST", MEMORY)] == [429, 429, 429, 429, 200]
 
 
+@ON_BOTH_BROKERS
 def test_a_rejected_key_past_the_max_age_dead_letters_as_expired(
     publisher: Publisher, conn: redis.Redis, sim: ZepSimulator, keys: Keys,
     env: dict[str, str], tmp_path: Path,
@@ -181,7 +185,10 @@ def test_a_rejected_key_past_the_max_age_dead_letters_as_expired(
     sim.ensure_session("t-key")
     sim.add_fault(Fault(method="POST", path=MEMORY, status=401))
     short = {**env, "MEMORY_WRITE_MAX_AGE_SECONDS": "3", "MEMORY_WRITE_MAX_RETRIES": "0"}
-    with celery_process(worker_args("expiry"), short, tmp_path / "expiry.log"):
+    log = tmp_path / "expiry.log"
+    with celery_process(worker_args("expiry"), short, log):
+        # Enqueued once the worker consumes: its start-up must not use up the 3 s.
+        wait_for(lambda: "ready." in log.read_text(errors="replace"), 60, "the worker")
         publisher.enqueue("t-key", "user", "the key was rotated", "key-1")
         wait_for(lambda: conn.llen(keys.dlq) == 1, 60, "the expired dead letter")
     entry = json.loads(conn.lindex(keys.dlq, 0) or "")
@@ -189,6 +196,7 @@ def test_a_rejected_key_past_the_max_age_dead_letters_as_expired(
     assert len(sim.requests("POST", MEMORY)) >= 2  # retried, though no retry was allowed
 
 
+@ON_BOTH_BROKERS
 def test_a_400_is_dead_lettered_at_once_and_replay_delivers_it(
     publisher: Publisher, conn: redis.Redis, sim: ZepSimulator, keys: Keys, worker: Path,
     env: dict[str, str], monkeypatch: pytest.MonkeyPatch,
@@ -219,6 +227,7 @@ def test_a_400_is_dead_lettered_at_once_and_replay_delivers_it(
     wait_for(lambda: conn.zscore(keys.write_pending, "dl-1") is None, 10, "the ledger to settle")
 
 
+@ON_BOTH_BROKERS
 def test_a_6000_character_message_arrives_as_three_chunks_once(
     publisher: Publisher, sim: ZepSimulator, conn: redis.Redis, keys: Keys, worker: Path
 ) -> None:
@@ -231,15 +240,26 @@ def test_a_6000_character_message_arrives_as_three_chunks_once(
     assert [m["metadata"]["chunk"] for m in stored] == [1, 2, 3]
 
 
+@pytest.mark.parametrize("kind", BROKERS)
 def test_a_stopped_broker_spools_and_everything_is_delivered_once_it_returns(
-    redis_url: str, conn: redis.Redis, sim: ZepSimulator, tmp_path: Path, keys: Keys
+    kind: str, redis_url: str, conn: redis.Redis, sim: ZepSimulator, tmp_path: Path, keys: Keys
 ) -> None:
     """Broker down: spooled=True within 1 s; broker back: each spooled message stored once."""
-    broker = PrivateRedis(tmp_path / "broker").start()
+    # A broker of the test's own, stopped and started again with its data.
+    broker: PrivateRedis | PrivateRabbit
+    if kind == "redis":
+        redis_broker = PrivateRedis(tmp_path / "broker").start()
+        broker, url = redis_broker, redis_broker.url
+        queue = redis.Redis.from_url(url)  # the queue lives on the broker here
+        drained = lambda: redis_queues_drained(queue)  # noqa: E731
+    else:
+        rabbit = PrivateRabbit(tmp_path / "broker").start()
+        broker, url = rabbit, rabbit.url()
+        drained = lambda: rabbit_queues_drained(rabbit, "/")  # noqa: E731
     try:
         env = project_env(redis_url, FLAG_ZEP_WRITE="true", FLAG_ZEP_READ="true",
                           ZEP_API_URL=sim.url, ZEP_API_KEY="test-key",
-                          CELERY_BROKER_URL=broker.url, MEMORY_SPOOL_DIR=str(tmp_path / "spool"))
+                          CELERY_BROKER_URL=url, MEMORY_SPOOL_DIR=str(tmp_path / "spool"))
         settings = Settings.from_env(env)
         publisher = Publisher(settings, conn, sender(settings), clock=FakeClock())
         with celery_process(worker_args("spool"), env, tmp_path / "worker.log"):
@@ -254,8 +274,7 @@ def test_a_stopped_broker_spools_and_everything_is_delivered_once_it_returns(
             broker.start()
             wait_for(lambda: publisher.outbox.pending() == 0, 60, "the outbox to drain")
             wait_for(lambda: len(sim.messages("t-sp")) == 4, 60, "the spooled writes")
-            queue = redis.Redis.from_url(broker.url)  # the queue lives on the broker here
-            wait_for(lambda: conn.zcard(keys.write_pending) == 0 and queue_drained(queue), 30,
+            wait_for(lambda: deliveries_settled(conn, keys, drained), 30,
                      "every copy accounted for")
         assert [accepted_adds(sim, f"sp-{i}") for i in range(4)] == [1, 1, 1, 1]
         contents = [m["content"] for m in sim.messages("t-sp")]
