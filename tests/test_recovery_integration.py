@@ -6,12 +6,14 @@ import json
 import time
 from pathlib import Path
 
+import pytest
 import redis
 
 from memory_worker.config import Settings
 from memory_worker.keys import Keys
 from memory_worker.runtime import Runtime
 from memory_worker.zep_sim import Fault, ZepSimulator
+from tests.conftest import BROKERS, Broker
 from tests.processes import celery_process, project_env, wait_for, worker_args
 
 HOLD_S, INTERVAL_S, PROBE_TIMEOUT_S = 2, 1, 0.15
@@ -19,15 +21,17 @@ HOLD_S, INTERVAL_S, PROBE_TIMEOUT_S = 2, 1, 0.15
 SCHEDULING_SLACK_S = 2.0
 
 
+@pytest.mark.parametrize("broker", BROKERS, indirect=True)
 def test_beat_probe_reforces_while_zep_fails_and_restores_reads_once_it_heals(
-    conn: redis.Redis, redis_url: str, sim: ZepSimulator, keys: Keys, tmp_path: Path
+    conn: redis.Redis, redis_url: str, sim: ZepSimulator, keys: Keys, tmp_path: Path,
+    broker: Broker,
 ) -> None:
     """Zep fails → forced; a failing probe re-forces longer; Zep heals → read_write in time."""
     env = project_env(
         redis_url, FLAG_ZEP_WRITE="true", FLAG_ZEP_READ="true", ZEP_API_URL=sim.url,
         ZEP_API_KEY="test-key", MEMORY_DOWNGRADE_HOLD_SECONDS=str(HOLD_S),
         MEMORY_PROBE_INTERVAL_SECONDS=str(INTERVAL_S),
-        MEMORY_PROBE_TIMEOUT_MS=str(int(PROBE_TIMEOUT_S * 1000)),
+        MEMORY_PROBE_TIMEOUT_MS=str(int(PROBE_TIMEOUT_S * 1000)), **broker.env,
     )
     settings = Settings.from_env(env)
     runtime = Runtime(settings)
