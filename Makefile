@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: test demo lint typecheck unit redis bench soak clean
+.PHONY: test demo lint typecheck unit redis rabbitmq bench soak clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -15,13 +15,17 @@ $(STAMP): pyproject.toml
 redis: $(STAMP)
 	PYTHON=$(BIN)/python scripts/ensure-redis.sh
 
+# The suite starts private RabbitMQ nodes; this only makes sure the server is installed.
+rabbitmq:
+	scripts/ensure-rabbitmq.sh
+
 lint: $(STAMP)
 	$(BIN)/ruff check .
 
 typecheck: $(STAMP)
 	$(BIN)/mypy
 
-unit: $(STAMP) redis
+unit: $(STAMP) redis rabbitmq
 	$(BIN)/python -m pytest -q
 
 test: lint typecheck unit
