@@ -141,8 +141,11 @@ def test_the_stack_runs_is_monitored_and_a_worker_stop_under_load_loses_no_messa
     with supervisord_stack(env, tmp_path / "s") as stack:
         # Flower answers its API with the credentials, lists the worker, refuses without them.
         def flower_lists_the_worker() -> bool:
-            response = httpx.get(f"{stack.flower_url}/api/workers", params={"refresh": "1"},
-                                 auth=stack.flower_auth, timeout=10)
+            try:
+                response = httpx.get(f"{stack.flower_url}/api/workers", params={"refresh": "1"},
+                                     auth=stack.flower_auth, timeout=10)
+            except httpx.TransportError:  # RUNNING before it listens: keep waiting
+                return False
             return response.status_code == 200 and any(
                 name.startswith("memory_worker@") for name in response.json())
 
