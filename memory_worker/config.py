@@ -12,7 +12,7 @@ import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import urlsplit, urlunsplit
 
 from memory_worker.errors import ConfigError
 
@@ -50,12 +50,27 @@ def _text(raw: str) -> str:
     return raw.strip()
 
 
+def shown_url(url: str) -> str:
+    """``url`` fit for an error line or a log: its password replaced by ``***``."""
+    parts = urlsplit(url)
+    if not parts.password:
+        return url
+    user, _, host = parts.netloc.rpartition("@")
+    name = user.split(":", 1)[0]
+    return urlunsplit(parts._replace(netloc=f"{name}:***@{host}"))
+
+
 def _url(*schemes: str) -> Callable[[str], str]:
     def parse(raw: str) -> str:
         value = raw.strip()
-        parts = urlsplit(value)
+        try:
+            parts = urlsplit(value)
+            parts.port  # noqa: B018  (raises ValueError on a port that is not a number)
+        except ValueError:
+            raise ValueError(f"expected a {'/'.join(schemes)} URL with a numeric port, "
+                             f"got {shown_url(value)!r}") from None
         if parts.scheme not in schemes or not parts.netloc:
-            raise ValueError(f"expected a {'/'.join(schemes)} URL, got {value!r}")
+            raise ValueError(f"expected a {'/'.join(schemes)} URL, got {shown_url(value)!r}")
         return value.rstrip("/")
 
     return parse

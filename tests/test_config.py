@@ -163,3 +163,14 @@ def test_booleans_accept_the_usual_spellings() -> None:
     """true/false, 1/0, yes/no, on/off, any case."""
     for raw, expected in [("TRUE", True), ("1", True), ("on", True), ("No", False), ("0", False)]:
         assert Settings.from_env({"DISABLE_AUTO_DOWNGRADE": raw}).disable_auto_downgrade is expected
+
+
+@pytest.mark.parametrize("variable", ["REDIS_URL", "CELERY_BROKER_URL"])
+@pytest.mark.parametrize("bad", ["kafka://ops:s3cr3t-pw@broker:9092/0",
+                                 "redis://ops:s3cr3t-pw@host:port/0"])
+def test_a_bad_url_is_named_without_its_password(variable: str, bad: str) -> None:
+    """The error line a worker prints at start never carries the URL's password."""
+    with pytest.raises(ConfigError) as info:
+        Settings.from_env({variable: bad})
+    assert info.value.variable == variable
+    assert "s3cr3t-pw" not in str(info.value) and "***" in str(info.value)
