@@ -35,8 +35,10 @@ _ABROAD = ("FR", "IT", "ES", "NL", "SE", "CH", "AT", "PL", "UA", "KZ", "AZ", "GE
 _NORTH_CYPRUS = ("392", "533", "542", "548")
 
 _LABELS = ("tel.", "tel:", "Tel", "Tel:", "TEL:", "☎", "📞", "whatsapp:", "WhatsApp:", "Numaram:",
-           "numaram", "Cep:", "GSM:", "Phone:", "Mob.", "Mobile:", "wa:", "İletişim:")
-_SUFFIXES = ("'ü", "'yi", "’u", "'dan", "'den", "'a", "'yı", "’e", "'i", "'tan")
+           "numaram", "Cep:", "GSM:", "Phone:", "Mob.", "Mobile:", "wa:", "İletişim:", "Tel/Fax:",
+           "T:", "M:", "☎️", "Telefon:", "Ph.", "Cep tel.", "Whatsapp -")
+_SUFFIXES = ("'ü", "'yi", "’u", "'dan", "'den", "'a", "'yı", "’e", "'i", "'tan", "den", "ten",
+             "’ten")
 
 Piece = tuple[str, str | None, str | None]  # text, gold type or negative, format or category
 
@@ -114,6 +116,8 @@ def _renderings(region: str, number: PhoneNumber) -> dict[str, str]:
         "abroad": "00" + cc + " " + " ".join(groups),
         "abroad_sp": "00 " + cc + " " + " ".join(groups),
         "abroad_joined": "00" + cc + nsn, "nocc": cc + " " + " ".join(groups),
+        "intl_nbsp": "+" + cc + "\u00a0" + "\u00a0".join(groups),
+        "paren_cc": f"(+{cc}) " + " ".join(groups), "abroad_dash": f"00{cc}-" + "-".join(groups),
     }
     if region in ("TR", "NC", "CY", "GB", "US"):
         out["intl_dot"] = "+" + cc + "." + ".".join(groups)
@@ -216,6 +220,15 @@ def _figure(rnd: random.Random, category: str) -> str:
     if category == "area":
         return rnd.choice((f"{rnd.randint(60, 400)} m²", f"1.{rnd.randint(100, 999)} m2",
                            f"{rnd.randint(60, 400)}m2", f"{rnd.randint(60, 400)} sqm"))
+    if category == "year":
+        return str(rnd.randint(1960, 2027))
+    if category == "postcode":
+        return rnd.choice((f"{rnd.randint(1, 81):02}{rnd.randint(100, 999)}", "99300", "SW1A 1AA"))
+    if category == "card":
+        return " ".join(_digits(rnd, 4, "3456") if i == 0 else _digits(rnd, 4, string.digits)
+                        for i in range(4))
+    if category == "coords":
+        return f"35.{_digits(rnd, 6, string.digits)}, 33.{_digits(rnd, 6, string.digits)}"
     return f"{rnd.randint(1, 5)}+{rnd.randint(0, 1)}"  # rooms
 
 
@@ -227,9 +240,11 @@ _NEIGHBOURS = {
         "reference": ("Referans: {x}", "ref no {x}", "Ref: {x}"),
         "price": ("Fiyat {x}", "kira {x}", "aidat {x}"), "date": ("randevu {x}", "{x} tarihinde"),
         "time": ("saat {x}", "{x} arası"), "iban": ("IBAN: {x}", "{x} hesabına yatırdım"),
-        "tckn": ("TC kimlik no {x}", "TCKN: {x}", "kimlik numaram {x}"),
+        "tckn": ("TC kimlik no {x}", "TCKN: {x}", "kimlik numaram {x}", "TC {x}"),
         "plate": ("aracın plakası {x}", "plaka {x}"), "area": ("daire {x}", "{x} bahçe"),
         "rooms": ("{x} daire", "{x} dubleks"),
+        "year": ("{x} yapımı", "{x} yılında"), "postcode": ("posta kodu {x}",),
+        "card": ("kart no {x}",), "coords": ("konum {x}",),
     },
     "en": {
         "listing": ("listing no. {x}", "Listing #{x}", "listing {x}", "property ID {x}"),
@@ -239,6 +254,8 @@ _NEIGHBOURS = {
         "time": ("at {x}", "open {x}"), "iban": ("IBAN {x}", "I paid to {x}"),
         "tckn": ("my TC ID is {x}", "TCKN {x}"), "plate": ("car plate {x}", "plate {x}"),
         "area": ("it is {x}", "{x} garden"), "rooms": ("a {x} flat", "the {x}"),
+        "year": ("built in {x}", "since {x}"), "postcode": ("postcode {x}",),
+        "card": ("card {x}",), "coords": ("pin {x}",),
     },
 }
 

@@ -37,8 +37,8 @@ _EMAIL = re.compile(
     {_ADDRESS}""",
     re.VERBOSE | re.IGNORECASE,
 )
-# Right after an address and its closing dot ("a@b.com.c@d.com") a new one may
-# start although the dot follows letters; this is tried only at that spot.
+# Right after an address, or after its closing dot ("a@b.com.c@d.com"), a new
+# one may start although it follows letters; this is tried only at that spot.
 _EMAIL_AT = re.compile(_ADDRESS, re.VERBOSE | re.IGNORECASE)
 
 # File names such as ``logo@2x.png`` look like addresses; no real top-level
@@ -60,6 +60,9 @@ def find_emails(text: str) -> list[Span]:
             if match.group("tld").lower() not in _FILE_EXTENSIONS:
                 spans.append(Span(match.start(), match.end(), "email"))
             position = match.end()
-            follows = text.startswith(".", position)
-            match = _EMAIL_AT.match(text, position + 1) if follows else None
+            # An address may follow at once: after the closing dot
+            # ("a@b.com.c@d.com"), or glued by a local-part character
+            # ("a@b.com+c@d.com"), which a look-behind would refuse.
+            after = position + 1 if text.startswith(".", position) else position
+            match = _EMAIL_AT.match(text, after) if after < len(text) else None
     return spans

@@ -39,7 +39,7 @@ from memory_worker.redaction.phone_shape import (
 )
 from memory_worker.redaction.spans import Span
 
-_SEPARATOR = r"[ \u00a0.\-/]"
+_SEPARATOR = r"(?:[ \u00a0]{1,2}|[.\-/])"
 _RUN = re.compile(
     # The first character is a plain character class, so the engine skips
     # to candidates in C; the look-ahead asks for eight characters at least.
@@ -52,13 +52,13 @@ _CUT_MARKS = frozenset(" \u00a0/")
 _DIGITS = re.compile(r"\d+")
 _NON_DIGIT = re.compile(r"\D+")
 _UNIT_AFTER = re.compile(
-    r"\s?(?:(?:y?tl|try|usd|eur|gbp|m2|sqm|km|kg|bin|milyon|million|k)(?![^\W\d_])|[₺€$£%°²])",
+    r"\s?(?:(?:y?tl|try|usd|eur|gbp|m2|m²|sqm|sq|km|kg|bin|milyon|million|k)(?!\w)|[₺€$£%°²])",
     re.IGNORECASE,
 )
 # International bank account numbers: two letters, two check digits, then
 # groups of four (letters allowed). Their digits are never phone numbers.
 _IBAN = re.compile(
-    r"(?<![A-Za-z0-9])[A-Z]{2}\d{2}(?:[ \u00a0]?[A-Z0-9]{4}){2,8}(?:[ \u00a0]?[A-Z0-9]{1,3})?"
+    r"(?<![A-Za-z0-9\]])[A-Z]{2}\d{2}(?:[ \u00a0]?[A-Z0-9]{4}){2,8}(?:[ \u00a0]?[A-Z0-9]{1,3})?"
     r"(?![A-Za-z0-9])"
 )
 _HAS_IBAN = re.compile(r"[A-Z]{2}\d\d").search
@@ -72,7 +72,7 @@ _CHARACTERS_PER_CHECK = 8  # a split run may cost about one full check per numbe
 
 # A number does not continue a decimal, a code, an amount or (so that a
 # later pass judges it as this one did) a placeholder.
-_GLUED_BEFORE = frozenset("_+-,#@=&%$£€₺¥\\]")
+_GLUED_BEFORE = frozenset("_+,#@=&%$£€₺¥\\]")
 _GLUED_AFTER = frozenset("_%°@$£€₺¥[")
 
 # How a number is written, and the digit counts each form can have.
@@ -83,6 +83,10 @@ _DIGIT_COUNTS: dict[str, frozenset[int]] = {
     "trunk": frozenset(range(9, 13)),
     "bare": frozenset({8, 9, 10, 11, 12, 13}),
 }
+
+_READ_BEFORE = 100  # cue words (80 characters back) and an IBAN's head
+_READ_AFTER = 64    # the clause after a number (48) and a unit glued to it
+
 
 class Progress:
     """Whether a pass over a text settled its phones.
@@ -98,10 +102,12 @@ class Progress:
         self.settled = True
 
 
-# Dates and thousands-grouped amounts, whole: refused before any other check.
+# Dates, thousands-grouped amounts and payment card numbers, whole: refused
+# before any other check.
 _DATE_OR_AMOUNT = re.compile(
     r"\d{1,2}([./])\d{1,2}\1\d{2,4}(?:-\d{1,2}([./])\d{1,2}\2\d{2,4})?"
     r"|\d{4}-\d{2}-\d{2}|\d{1,3}(?:\.\d{3})+(?:-\d{1,3}(?:\.\d{3})+)?"
+    r"|\d{4}([ \-])\d{4}\3\d{4}\3\d{4}(?:\3\d{1,3})?|\d{4} \d{6} \d{5}"
 )
 
 
@@ -110,24 +116,60 @@ def find_phones(text: str, progress: Progress | None = None) -> list[Span]:
     spans: list[Span] = []
     ibans: list[tuple[int, int]] | None = None
     progress = Progress() if progress is None else progress
+    # Verdicts by everything a verdict reads around its run: a text that
+    # repeats a phrase (or a hostile one that repeats it thousands of
+    # times) has it judged once.
+    seen: dict[tuple[str, int], list[tuple[int, int]]] = {}
     for run in _RUN.finditer(text):
         start, end = run.span()
         if not _SHORTEST <= end - start <= _LONGEST_RUN:
             continue
-        raw = run.group()
+        if ibans is None:
+            ibans = [m.span() for m in _IBAN.finditer(text)] if _HAS_IBAN(text) else []
+        if ibans:
+            start, end = _after_ibans(text, start, end, ibans)
+            if end - start < _SHORTEST:
+                continue
+        raw = text[start:end]
         groups = _DIGITS.findall(raw)
         if sum(map(len, groups)) < _SHORTEST or _DATE_OR_AMOUNT.fullmatch(raw):
             continue
-        if ibans is None:
-            ibans = [m.span() for m in _IBAN.finditer(text)] if _HAS_IBAN(text) else []
-        if ibans and any(a < end and start < b for a, b in ibans):
-            continue
-        whole = _outside_parentheses(text, start, end)
-        if _is_phone(text, whole, groups):
-            spans.append(whole)
-        elif not _CUT_MARKS.isdisjoint(raw):
-            spans.extend(_split_run(text, start, end, progress))
+        low = max(0, start - _READ_BEFORE)
+        key = (text[low:end + _READ_AFTER], start - low)
+        found = seen.get(key)
+        if found is None:
+            found = seen[key] = [
+                (a - start, b - start)
+                for a, b, _ in _judge_run(text, start, end, raw, groups, progress)]
+        spans.extend(Span(start + a, start + b, "phone") for a, b in found)
     return spans
+
+
+def _judge_run(text: str, start: int, end: int, raw: str, groups: list[str],
+               progress: Progress) -> list[Span]:
+    """The phones of one run: the whole run, or the segments it splits into."""
+    whole = _outside_parentheses(text, start, end)
+    fit = _fit(text, whole, groups)
+    if fit == phone_plan.VALID or (fit and _CUT_MARKS.isdisjoint(raw)):
+        return [whole]
+    if _CUT_MARKS.isdisjoint(raw):
+        return []
+    # A number of a merely possible length may be a valid one with a figure
+    # after it ("+4930132246 110 m²"): the valid one is taken.
+    parts = _split_run(text, start, end, progress)
+    if fit and not (parts and parts[0].start in (start, whole.start)):
+        return [whole]
+    return parts
+
+
+def _after_ibans(text: str, start: int, end: int,
+                 ibans: list[tuple[int, int]]) -> tuple[int, int]:
+    """The part of a run after the IBAN it overlaps (a phone may follow one)."""
+    for iban_start, iban_end in ibans:
+        if iban_start < end and start < iban_end:
+            rest = _RUN.search(text, iban_end, end) if iban_end < end else None
+            return (end, end) if rest is None else rest.span()
+    return start, end
 
 
 def _split_run(text: str, start: int, end: int, progress: Progress) -> list[Span]:
@@ -145,10 +187,21 @@ def _split_run(text: str, start: int, end: int, progress: Progress) -> list[Span
         digits_before.append(digits_before[-1] + len(chunk))
     found: list[Span] = []
     checks = 2 + (end - start) // _CHARACTERS_PER_CHECK
+    refills = (end - start) // _CHARACTERS_PER_CHECK
+    starved = False
     first = 0
-    while first < len(chunks) and checks > 0:
+    while first < len(chunks) and (checks > 0 or refills > 0):
         last = None
         head = text[chunks[first][0]]
+        if head in "0(" and refills > 0:
+            # a trunk 0 or an area code starts a number: such a start gets
+            # checks of its own, so figures before it cannot use them all up.
+            grant = min(3, refills)
+            checks, refills = checks + grant, refills - grant
+        elif checks <= 0:
+            first += 1
+            starved = True
+            continue
         counts = _DIGIT_COUNTS[_form(head, "".join(digits[first:first + 2]))]
         for candidate in range(min(len(chunks), first + _CHUNKS_PER_NUMBER), first, -1):
             size = digits_before[candidate] - digits_before[first]
@@ -156,14 +209,15 @@ def _split_run(text: str, start: int, end: int, progress: Progress) -> list[Span
                 continue  # a length this form cannot have, or the whole run, judged already
             checks -= 1
             segment = _outside_parentheses(text, chunks[first][0], chunks[candidate - 1][1])
-            if _is_phone(text, segment, None):
+            if _fit(text, segment, None):
                 found.append(segment)
                 last = candidate
                 break
             if checks == 0:
+                starved = True
                 break
         first = last if last is not None else first + 1
-    if first < len(chunks) and found:
+    if (starved or first < len(chunks)) and found:
         progress.settled = False  # the rest of the run, apart from what was found, is judged again
     return found
 
@@ -194,9 +248,11 @@ def _form(first_character: str, digits: str) -> str:
     return "trunk" if digits.startswith("0") else "bare"
 
 
-def _is_phone(text: str, segment: Span, groups: list[str] | None) -> bool:
+def _fit(text: str, segment: Span, groups: list[str] | None) -> int:
     """The whole judgement of one segment: length, glue, grouping, words, numbering plan.
 
+    ``phone_plan.VALID`` for a phone, ``POSSIBLE`` for a ``+`` or ``00``
+    number of a possible length only, ``UNKNOWN`` for anything else.
     ``groups`` are the segment's digit groups when the caller has them.
     """
     raw = text[segment.start:segment.end]
@@ -207,7 +263,7 @@ def _is_phone(text: str, segment: Span, groups: list[str] | None) -> bool:
         digits = _digits(digits)
     form = _form(raw[0], digits)
     if len(digits) not in _DIGIT_COUNTS[form] or _glued(text, segment, form):
-        return False
+        return phone_plan.UNKNOWN
     if form == "plus":
         # "+44 (0) 7840 ...": the bracketed trunk zero is not dialled from abroad.
         if "(0)" in raw:
@@ -215,14 +271,15 @@ def _is_phone(text: str, segment: Span, groups: list[str] | None) -> bool:
         return phone_plan.international(digits)
     sizes = [len(group) for group in groups]
     if looks_like_date(raw, sizes):
-        return False
+        return phone_plan.UNKNOWN
     if form == "abroad":
-        separated = len(groups) > 1
-        return phone_plan.dialled_abroad(digits, separated=separated)
+        return phone_plan.dialled_abroad(digits, separated=len(groups) > 1)
     if form == "trunk":
-        return phone_plan.national(digits) is not None
-    readings = phone_plan.bare_readings(digits)
-    return bool(readings) and _is_bare_phone(text, segment, raw, sizes, readings)
+        found = phone_plan.national(digits) is not None
+    else:
+        readings = phone_plan.bare_readings(digits)
+        found = bool(readings) and _is_bare_phone(text, segment, raw, sizes, readings)
+    return phone_plan.VALID if found else phone_plan.UNKNOWN
 
 
 def _is_bare_phone(text: str, segment: Span, raw: str, sizes: list[int],
@@ -279,10 +336,14 @@ def _glued(text: str, segment: Span, form: str) -> bool:
                 return True
         elif before.isdigit() or before in _GLUED_BEFORE:
             return True
-        elif before in ".:":
-            # "tel.0542", "Tel:+44" are labels; "1.5", "10:05" go on a figure.
+        elif before in ".:-":
+            # "tel.0542", "Tel:+44", "Whatsapp -0533" are labels; "1.5", "10:05",
+            # "150-0533" go on a figure, "KYR-2023" is a code.
             previous = text[start - 2] if start > 1 else ""
-            if (before == "." and not previous.isalpha()) or previous.isdigit():
+            # (a placeholder's "]" stands where the figure before it stood)
+            if previous.isdigit() or previous == "]" or (before == "." and not previous.isalpha()):
+                return True
+            if previous.isalpha() and _label_is_a_code(text, start - 2):
                 return True
         elif before == "/" and form == "bare" and _MESSENGER_LINK.search(
                 text, max(0, start - 40), start - 1) is None:
@@ -293,7 +354,7 @@ def _glued(text: str, segment: Span, form: str) -> bool:
             return True
         if after.isalpha() and (form == "bare" and not after.islower()):
             return True
-        if after in ",+." and text[end + 1:end + 2].isdigit():
+        if after in ",+." and (text[end + 1:end + 2].isdigit() or text[end + 1:end + 2] == "["):
             return True  # "1,500", "2+1": the figure goes on
         if after == "/" and form == "bare":
             return True  # a path, a ratio or a date
@@ -301,8 +362,9 @@ def _glued(text: str, segment: Span, form: str) -> bool:
 
 
 def _label_is_a_code(text: str, index: int) -> bool:
-    """Whether the letters ending at ``index`` follow a digit or a joiner (a code)."""
+    """Whether the letters ending at ``index`` follow a digit or a joiner: a code,
+    a domain or a file name rather than a label."""
     floor = max(0, index - 24)
     while index >= floor and text[index].isalpha():
         index -= 1
-    return index >= 0 and (text[index].isdigit() or text[index] in "_-/#")
+    return index >= 0 and (text[index].isdigit() or text[index] in "_-#.@]")

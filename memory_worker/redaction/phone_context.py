@@ -34,7 +34,7 @@ class Cue(Enum):
 _PHONE_WORDS = frozenset(
     {"tel", "tlf", "tf", "mob", "gsm", "cep", "wa", "wp", "sms", "ara", "call", "text", "txt",
      "ring", "dial", "fax", "faks", "cell", "line", "landline", "sabit", "hat", "viber",
-     "telegram", "signal", "imo", "hotline", "ph", "nr", "whats"}
+     "telegram", "signal", "imo", "hotline", "ph", "whats", "t", "m"}
 )
 _PHONE_STEMS = (
     "telefon", "teleph", "phone", "mobil", "whatsap", "watsap", "vatsap", "aray", "arar", "aradig",

@@ -118,9 +118,14 @@ def split_country_code(digits: str) -> tuple[int, str] | None:
     return None
 
 
+# How well digits fit a numbering plan.
+UNKNOWN, POSSIBLE, VALID = 0, 1, 2
+
+
 @_answers
-def international(digits: str) -> bool:
-    """Digits written after ``+``: a valid number, or one of a possible length.
+def international(digits: str) -> int:
+    """Digits written after ``+``: ``VALID``, ``POSSIBLE`` (a length the plan
+    allows) or ``UNKNOWN``.
 
     Nothing else people write starts with ``+`` and eight or more digits, so a
     number outside the library's known ranges is still taken as a phone. A
@@ -130,28 +135,31 @@ def international(digits: str) -> bool:
     split = split_country_code(digits)
     if split is not None and split[1] and not split[1].startswith("0"):
         code, national = split
-        if valid_or_gb_mobile(code, national) or possible(code, national):
-            return True
+        if valid_or_gb_mobile(code, national):
+            return VALID
+        if possible(code, national):
+            return POSSIBLE
     try:
         number = phonenumbers.parse("+" + digits, None)
     except NumberParseException:
-        return False
-    return bool(phonenumbers.is_valid_number(number) or phonenumbers.is_possible_number(number))
+        return UNKNOWN
+    if phonenumbers.is_valid_number(number):
+        return VALID
+    return POSSIBLE if phonenumbers.is_possible_number(number) else UNKNOWN
 
 
 @_answers
-def dialled_abroad(digits: str, *, separated: bool) -> bool:
+def dialled_abroad(digits: str, *, separated: bool) -> int:
     """``00`` + country code + number, as dialled from Turkey, Cyprus, Britain or Europe.
 
     A number the plan does not know but of a possible length counts when it
     is written apart from its prefix (``00 44 7700 900123``): run-together
     zeros and digits are more often a reference than a phone.
     """
-    split = split_country_code(digits[2:])
-    if split is None or not split[1] or split[1].startswith("0"):
-        return False
-    code, national = split
-    return valid_or_gb_mobile(code, national) or (separated and possible(code, national))
+    if digits[2:3] == "0":
+        return UNKNOWN
+    fit = international(digits[2:])
+    return fit if fit == VALID or separated else UNKNOWN
 
 
 NationalPlan = Literal["TR", "GB", "DE"]

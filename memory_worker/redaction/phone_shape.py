@@ -12,14 +12,18 @@ from __future__ import annotations
 from memory_worker.redaction.phone_plan import Reading
 
 _DATE_MARKS = frozenset("./-")
-_DATE_SHAPES = ([2, 2, 4], [4, 2, 2], [1, 2, 4], [2, 1, 4], [1, 1, 4], [2, 2, 2])
+_DATES = ([2, 2, 4], [4, 2, 2], [1, 2, 4], [2, 1, 4], [1, 1, 4], [2, 2, 2])
+_DATES_IN_A_RUN = ([2, 2, 4], [4, 2, 2])
 
 
 def looks_like_date(raw: str, sizes: list[int]) -> bool:
-    """Day, month and year joined by dots, slashes or hyphens (``05.11.2024``)."""
+    """Day, month and year joined by dots, slashes or hyphens (``05.11.2024``),
+    alone or next to another figure (``05.11.2024 1030``)."""
     if _DATE_MARKS.isdisjoint(raw):
         return False
-    return any(sizes[index:index + 3] in _DATE_SHAPES for index in range(len(sizes) - 2))
+    if len(sizes) == 3:
+        return sizes in _DATES
+    return sizes[:3] in _DATES_IN_A_RUN or sizes[-3:] in _DATES_IN_A_RUN
 
 
 def looks_like_amount(raw: str, sizes: list[int]) -> bool:

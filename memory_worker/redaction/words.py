@@ -13,7 +13,7 @@ from functools import lru_cache
 # A word is a token with at least one letter that does not continue another
 # token: not the suffix after an apostrophe (``'yı``), not the inside of a
 # placeholder. Plain figures are not words; codes such as ``REF72429`` are.
-_WORD = re.compile(r"(?<![\w\['’])(?=\d*[^\W\d_])\w++")
+_WORD = re.compile(r"(?<![\w\[\]'’])(?=\d*[^\W\d_])\w++")
 
 # Casefolding turns "İ" into "i" + U+0307; drop the dot, and map the Turkish
 # letters to the ASCII ones people type on foreign keyboards.
