@@ -8,8 +8,9 @@ Prints one JSON object. Throughput follows the shared scorer's method: the
 corpus texts, repeated to at least 2 MB, one call per text, the median of
 three runs, in UTF-8 megabytes (10^6 bytes) per second. The hostile inputs
 are the scorer's (its ADVERSARIAL and ADVERSARIAL_EXTRA sets); each is timed
-after a warm-up call, median of three runs. Acceptance (issue 5): at least
-2.5 MB/s and at most 50 ms per hostile input.
+after a warm-up call, median of three runs. Acceptance: at least 3 MB/s for
+the default policy (``redact_text``) and at most 50 ms per hostile input.
+Timings are wall-clock: run it on a quiet machine.
 """
 
 from __future__ import annotations

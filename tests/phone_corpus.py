@@ -334,3 +334,41 @@ def build(seed: int = SEED, size: int = RECORDS) -> tuple[Records, Records]:
             {key: span[key] for key in ("start", "end", "type")} for span in record.spans]})
         metas.append({"id": rid, "spans": record.spans, "negatives": record.negatives})
     return records, metas
+
+
+def _main() -> None:
+    """Print the scores on the generated corpus and, when present, the dev corpus."""
+    import importlib.util
+    import json
+    from pathlib import Path
+
+    from memory_worker.redaction import redact_text
+
+    shared = Path(__file__).resolve().parents[1].parent / "shared" / "pii"
+    spec = importlib.util.spec_from_file_location("pii_score", shared / "score.py")
+    assert spec is not None and spec.loader is not None
+    scorer = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(scorer)
+    def read(name: str) -> Records:
+        with (shared / name).open(encoding="utf-8") as lines:
+            return [json.loads(line) for line in lines if line.strip()]
+
+    corpora = {"generated": build()}
+    if (shared / "dev_corpus.jsonl").exists():
+        corpora["dev"] = (read("dev_corpus.jsonl"), read("dev_corpus.meta.jsonl"))
+    for name, (records, metas) in corpora.items():
+        outputs = [redact_text(record["text"]) for record in records]
+        metrics, extra, _ = scorer.evaluate(records, outputs, metas)
+        phone, email = metrics["PHONE"], metrics["EMAIL"]
+        print(json.dumps({
+            "corpus": name, "records": len(records),
+            "phone": {key: phone[key] for key in ("gold", "fn", "fp", "recall", "precision")},
+            "email_f2": email["f2"],
+            "must_stay_damaged": {
+                category: f"{row['damaged']}/{row['total']} = {row['damaged'] / row['total']:.4f}"
+                for category, row in extra["hard_negatives_damaged"].items()},
+        }, ensure_ascii=False, indent=1))
+
+
+if __name__ == "__main__":
+    _main()

@@ -138,10 +138,11 @@ def find_phones(text: str, progress: Progress | None = None) -> list[Span]:
         key = (text[low:end + _READ_AFTER], start - low)
         found = seen.get(key)
         if found is None:
-            found = seen[key] = [
-                (a - start, b - start)
-                for a, b, _ in _judge_run(text, start, end, raw, groups, progress)]
-        spans.extend(Span(start + a, start + b, "phone") for a, b in found)
+            judged = _judge_run(text, start, end, raw, groups, progress)
+            seen[key] = [(a - start, b - start) for a, b, _ in judged]
+            spans.extend(judged)
+        elif found:
+            spans.extend(Span(start + a, start + b, "phone") for a, b in found)
     return spans
 
 
