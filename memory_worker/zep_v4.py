@@ -45,19 +45,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
-import os
-import re
-import threading
 import time
 import uuid
-import weakref
 from collections.abc import Awaitable, Callable, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor, wait
+from concurrent.futures import Future, wait
 from typing import Any, TypeVar
 
-import httpx
 import redis
-from zep_cloud import AddMessage
 from zep_cloud.client import AsyncZep, Zep
 from zep_cloud.core.api_error import ApiError
 from zep_cloud.core.parse_error import ParsingError
@@ -68,10 +62,8 @@ from memory_worker.keys import Keys
 from memory_worker.zep import (
     LANDED_WINDOW,
     PROBE_SESSION,
-    ContextMessage,
     Failure,
     Landed,
-    Memory,
     OutgoingMessage,
     ReadResult,
     Reason,
@@ -83,87 +75,17 @@ from memory_worker.zep import (
     landed_chunks,
     transport_failure,
 )
-from memory_worker.zep_http import Call, acall, async_http_client, call_on_pool, sync_http_client
+from memory_worker.zep_http import Call, acall, call_on_pool
+from memory_worker.zep_v4_clients import Clients
 from memory_worker.zep_v4_identity import Identities, Stopped
+from memory_worker.zep_v4_messages import NAMESPACE, idempotency_key, memory, metadata_of, outgoing
 
 _T = TypeVar("_T")
 
-ROLES = frozenset({"user", "assistant", "system", "tool", "function"})
 PAGE_SIZE = 100
 VIEWS = (None, "summary", "recent", "facts")
-# Fixed forever: the Idempotency-Keys of messages already sent derive from it.
-_NAMESPACE = uuid.UUID("0f4b8f7e-3d6a-5c21-9e8b-2a7d4c1f6e93")
 # A uuid Zep never assigns (it hands out random ones): the probe's thread.
-PROBE_THREAD = str(uuid.uuid5(_NAMESPACE, PROBE_SESSION))
-
-
-class _Clients:
-    """The SDK clients of one Zep: per process for threads, per event loop for tasks."""
-
-    def __init__(self, api_url: str, api_key: str, max_connections: int, timeout: float) -> None:
-        self._api_url = api_url
-        self._api_key = api_key
-        self._timeout = timeout
-        self._workers = max_connections
-        self._limits = httpx.Limits(max_connections=max_connections,
-                                    max_keepalive_connections=max_connections)
-        self._lock = threading.Lock()
-        self._pid = -1
-        self._sync: tuple[Zep, ThreadPoolExecutor, ThreadPoolExecutor, httpx.Client] | None = None
-        self._async: weakref.WeakKeyDictionary[
-            asyncio.AbstractEventLoop, tuple[AsyncZep, httpx.AsyncClient]
-        ] = weakref.WeakKeyDictionary()
-
-    def __repr__(self) -> str:
-        return f"_Clients(api_url={self._api_url!r})"
-
-    def _built(self) -> tuple[Zep, ThreadPoolExecutor, ThreadPoolExecutor, httpx.Client]:
-        built = self._sync
-        if built is None or self._pid != os.getpid():
-            with self._lock:
-                if self._sync is None or self._pid != os.getpid():
-                    # A forked child must not use its parent's threads and sockets.
-                    http = sync_http_client(self._limits)
-                    sdk = Zep(base_url=self._api_url, api_key=self._api_key, max_retries=0,
-                              timeout=self._timeout, httpx_client=http)
-                    calls = ThreadPoolExecutor(self._workers, thread_name_prefix="zep4")
-                    waiters = ThreadPoolExecutor(self._workers, thread_name_prefix="zep4-wait")
-                    self._sync, self._pid = (sdk, calls, waiters, http), os.getpid()
-                built = self._sync
-        return built
-
-    def sync(self) -> tuple[Zep, ThreadPoolExecutor]:
-        built = self._built()
-        return built[0], built[1]
-
-    def waiters(self) -> ThreadPoolExecutor:
-        """Threads that only wait on calls, so that a read makes its calls at once."""
-        return self._built()[2]
-
-    def for_loop(self) -> AsyncZep:
-        loop = asyncio.get_running_loop()
-        pair = self._async.get(loop)
-        if pair is None:
-            http = async_http_client(self._limits)
-            sdk = AsyncZep(base_url=self._api_url, api_key=self._api_key, max_retries=0,
-                           timeout=self._timeout, httpx_client=http)
-            with self._lock:
-                pair = self._async.setdefault(loop, (sdk, http))
-        return pair[0]
-
-    def close(self) -> None:
-        with self._lock:
-            built, self._sync = self._sync, None
-        if built is not None and self._pid == os.getpid():
-            built[1].shutdown(wait=False, cancel_futures=True)
-            built[2].shutdown(wait=False, cancel_futures=True)
-            built[3].close()
-
-    async def aclose(self) -> None:
-        with self._lock:
-            pair = self._async.pop(asyncio.get_running_loop(), None)
-        if pair is not None:
-            await pair[1].aclose()
+PROBE_THREAD = str(uuid.uuid5(NAMESPACE, PROBE_SESSION))
 
 
 class ZepV4Client:
@@ -187,7 +109,7 @@ class ZepV4Client:
         self.write_budget_seconds = write_budget_seconds
         self.probe_budget_seconds = probe_budget_seconds
         self._now = now
-        self._clients = _Clients(f"{self.base_url}/api/v4", api_key, max_connections,
+        self._clients = Clients(f"{self.base_url}/api/v4", api_key, max_connections,
                                  write_budget_seconds)
         self._ids = Identities(conn, keys or Keys(), self)
 
@@ -279,7 +201,7 @@ class ZepV4Client:
                 self._forget_later(session_id, thread_uuid)
                 return frozenset()
             return stop.failure
-        return landed_chunks((_metadata(m) for m in found), client_msg_id)
+        return landed_chunks((metadata_of(m) for m in found), client_msg_id)
 
     # writes
 
@@ -287,7 +209,7 @@ class ZepV4Client:
                      budget_seconds: float | None = None) -> WriteResult:
         """Add at most 30 messages to the thread of ``session_id``; Zep sets their uuids."""
         check_id(session_id)
-        sdk_messages = _outgoing(session_id, messages)
+        sdk_messages = outgoing(session_id, messages)
         key = idempotency_key(messages)
         deadline = time.monotonic() + _budget(budget_seconds, self.write_budget_seconds)
         thread_uuid: str | None = None
@@ -354,7 +276,7 @@ class ZepV4Client:
         try:
             if left <= 0:
                 raise TimeoutError
-            future = self._clients.sync()[1].submit(operation)
+            future = self._clients.calls().submit(operation)
             return future.result(timeout=left)
         except Exception as exc:
             raise Stopped(_redis_failure(exc)) from None
@@ -362,7 +284,7 @@ class ZepV4Client:
     async def aredis(self, deadline: float, operation: Callable[[], _T]) -> _T:
         """``redis`` for a task: the command runs on a call thread, the loop stays free."""
         try:
-            pool = self._clients.sync()[1]
+            pool = self._clients.calls()
             loop = asyncio.get_running_loop()
             return await asyncio.wait_for(loop.run_in_executor(pool, operation),
                                           timeout=max(0.0, deadline - time.monotonic()))
@@ -395,7 +317,7 @@ class ZepV4Client:
                 self._forget_later(thread_id, thread_uuid)
             return failure
         try:
-            return _memory(outcomes)
+            return memory(outcomes)
         except (AttributeError, TypeError, ValueError):
             return Failure(Reason.SERVER_ERROR, message="unreadable answer")
 
@@ -405,7 +327,7 @@ class ZepV4Client:
             return
         deadline = time.monotonic() + self.write_budget_seconds
         with contextlib.suppress(Exception):  # closed or shutting down: the next 404 will
-            self._clients.sync()[1].submit(self._ids.forget, thread_id, thread_uuid, deadline)
+            self._clients.calls().submit(self._ids.forget, thread_id, thread_uuid, deadline)
 
     def _failure(self, exc: Exception, call: Call, missing: Reason) -> Failure:
         """The failure an exception of the SDK or httpx stands for."""
@@ -478,94 +400,6 @@ def _settled(future: Future[Any]) -> Any:
         future.cancel()
         return Failure(Reason.TIMEOUT)
     return future.result()
-
-
-def _memory(outcomes: dict[str, Any]) -> Memory:
-    newest_first = outcomes.get("messages") or []
-    messages = list(reversed(newest_first))
-    context = outcomes.get("context")
-    summary = outcomes.get("summary")
-    return Memory(
-        summary=summary if isinstance(summary, str) else None,
-        context=context if isinstance(context, str) else None,
-        messages=tuple(_context_message(m) for m in messages),
-        facts=facts_of(context if isinstance(context, str) else None),
-        metadata=tuple(_metadata(m) for m in messages),
-    )
-
-
-def _context_message(message: Any) -> ContextMessage:
-    role = str(message.role or "")
-    return ContextMessage(role=message.name or role, role_type=role,
-                          content=message.content or "")
-
-
-def _metadata(message: Any) -> dict[str, Any] | None:
-    metadata = getattr(message, "metadata", None)
-    return metadata if isinstance(metadata, dict) else None
-
-
-_FACTS_OPEN = re.compile(r"^(<facts>|facts:?)$", re.IGNORECASE)
-_FACTS_CLOSE = re.compile(r"^(</facts>|<[a-z_]+>|[A-Z][A-Z _]*:)$")
-_DATE_RANGE = re.compile(r"\s*\((?:date range:\s*)?[^()]*\d{4}-\d{2}-\d{2}[^()]*\)\s*$",
-                         re.IGNORECASE)
-
-
-def facts_of(context: str | None) -> tuple[str, ...]:
-    """The items of a context block's facts section, date ranges cut (the ``facts`` view)."""
-    if not context:
-        return ()
-    facts: list[str] = []
-    inside = False
-    for line in context.splitlines():
-        text = line.strip()
-        if not inside:
-            inside = bool(_FACTS_OPEN.match(text))
-            continue
-        if not text or _FACTS_CLOSE.match(text):
-            if facts or text:
-                break
-            continue
-        if text.startswith(("- ", "* ")):
-            fact = _DATE_RANGE.sub("", text[2:]).strip()
-            if fact:
-                facts.append(fact)
-    return tuple(facts)
-
-
-def idempotency_key(messages: Sequence[OutgoingMessage]) -> str:
-    """The add's ``Idempotency-Key``: from ``client_msg_id`` and the chunk range, stable."""
-    marks: list[tuple[str, int]] = []
-    for message in messages:
-        metadata = message.get("metadata") or {}
-        client_msg_id = metadata.get("client_msg_id")
-        chunk = metadata.get("chunk", 1)
-        if not isinstance(client_msg_id, str) or not isinstance(chunk, int):
-            client_msg_id, chunk = str(message.get("uuid")), 1
-        marks.append((client_msg_id, chunk))
-    names = {name for name, _ in marks}
-    if len(names) == 1:
-        chunks = [chunk for _, chunk in marks]
-        label = f"{marks[0][0]}#{min(chunks)}-{max(chunks)}"
-    else:
-        label = "|".join(f"{name}#{chunk}" for name, chunk in marks)
-    return str(uuid.uuid5(_NAMESPACE, label))
-
-
-def _outgoing(thread_id: str, messages: Sequence[OutgoingMessage]) -> list[AddMessage]:
-    try:
-        converted = []
-        for m in messages:
-            role = m["role_type"]
-            if role not in ROLES:
-                raise ValueError("role_type")
-            converted.append(AddMessage(
-                role=role, name=m["role"], content=m["content"],
-                metadata={**(m.get("metadata") or {}), "thread_id": thread_id},
-            ))
-    except (KeyError, TypeError, ValueError) as exc:
-        raise InvalidRequest(f"messages are malformed: {type(exc).__name__}") from None
-    return converted
 
 
 def _redis_failure(exc: Exception) -> Failure:
