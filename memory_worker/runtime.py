@@ -24,7 +24,7 @@ import os
 import threading
 import time
 import weakref
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, cast
 
@@ -106,6 +106,9 @@ class Runtime:
         self._writer: Writer | None = None
         self._ledger: Ledger | None = None
         self._publisher: Publisher | None = None
+        # How this runtime publishes memory.mirror_message: the broker of its settings
+        # unless set (an application routing publishes itself, or a test).
+        self.send: Callable[[str, dict[str, Any]], None] | None = None
         self._enqueue_pool: ThreadPoolExecutor | None = None
 
     @property
@@ -145,8 +148,19 @@ class Runtime:
                     # and the ledger entry must survive a pause of Redis.
                     self._publisher = Publisher(self.settings,
                                                 enqueue_redis(self.settings.redis_url),
-                                                send_mirror, clock=self.clock)
+                                                self._publish, clock=self.clock)
         return self._publisher
+
+    def _publish(self, task_id: str, kwargs: dict[str, Any]) -> None:
+        if self.send is None:
+            # The broker of this runtime's settings, not the environment's: a process
+            # configured with explicit settings publishes where they say.
+            from memory_worker.celery_app import sender
+
+            with self._zep_lock:
+                if self.send is None:
+                    self.send = sender(self.settings)
+        self.send(task_id, kwargs)
 
     @property
     def enqueue_pool(self) -> ThreadPoolExecutor:

@@ -25,6 +25,7 @@ class Status:
     write_circuit: CircuitState
     dlq_size: int
     rate_limited_until: float | None
+    zep_api: str = "v2"
 
     def as_json(self) -> dict[str, Any]:
         forced = None
@@ -45,6 +46,7 @@ class Status:
             "write_circuit": self.write_circuit.value,
             "dlq_size": self.dlq_size,
             "rate_limited_until": self.rate_limited_until,
+            "zep_api": self.zep_api,
         }
 
     def as_text(self) -> str:
@@ -92,4 +94,5 @@ def read_status(conn: redis.Redis, settings: Settings, keys: Keys, *, now: float
         write_circuit=circuit_state(conn, keys, now=now),
         dlq_size=int(queued) + int(replaying),
         rate_limited_until=rate_limited_until,
+        zep_api=settings.zep_api_version,
     )

@@ -35,9 +35,9 @@ class SlowBroker:
 def slow_broker(settings: Settings, conn: redis.Redis, tmp_path: Path,
                 monkeypatch: pytest.MonkeyPatch) -> SlowBroker:
     broker = SlowBroker()
-    monkeypatch.setattr(runtime, "send_mirror", broker)
     monkeypatch.setattr(runtime, "_default", runtime._default)
-    runtime.configure(dataclasses.replace(settings, spool_dir=str(tmp_path / "spool")))
+    runtime.configure(dataclasses.replace(settings, spool_dir=str(tmp_path / "spool"))
+                      ).send = broker
     return broker
 
 

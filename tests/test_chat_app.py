@@ -22,7 +22,7 @@ import redis
 
 from examples.chat_app import make_chat_server, reply_id
 from memory_worker import runtime
-from memory_worker.celery_app import WRITE_QUEUE, sender
+from memory_worker.celery_app import WRITE_QUEUE
 from memory_worker.config import Settings
 from memory_worker.guard import Guard
 from memory_worker.zep_sim import ZepSimulator
@@ -39,7 +39,6 @@ def served_app(settings: Settings, monkeypatch: pytest.MonkeyPatch) -> Iterator[
     ``settings`` (its Redis), not to the environment's.
     """
     monkeypatch.setattr(runtime, "_default", runtime._default)
-    monkeypatch.setattr(runtime, "send_mirror", sender(settings))
     configured = runtime.configure(settings)
     server = make_chat_server("127.0.0.1", 0, quiet=True)
     thread = threading.Thread(target=server.serve_forever, daemon=True)

@@ -73,6 +73,7 @@ def test_status_json_matches_the_contract(cli_env: dict[str, str], conn: redis.R
         "write_circuit": "closed",
         "dlq_size": 2,
         "rate_limited_until": None,  # its 7 s are over
+        "zep_api": "v2",
     }
 
 
@@ -212,3 +213,15 @@ def test_the_installed_command_keeps_logs_off_stdout(
     status = subprocess.run([str(exe), "status", "--json"], capture_output=True, text=True,
                             check=True)
     assert json.loads(status.stdout)["forced"]["reason"] == "drill"
+
+
+def test_status_json_and_config_check_name_the_zep_api(
+    cli_env: dict[str, str], clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """ZEP_API_VERSION=v4 shows as zep_api in status --json and in config check."""
+    monkeypatch.setenv("ZEP_API_VERSION", "v4")
+    status = json.loads(run(clock, "status", "--json").stdout)
+    assert status["zep_api"] == "v4"
+    checked = run(clock, "config", "check")
+    assert checked.exit_code == 0, checked.output
+    assert "ZEP_API_VERSION=v4" in checked.stdout

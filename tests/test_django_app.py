@@ -22,7 +22,7 @@ import pytest
 import redis
 
 from memory_worker import runtime
-from memory_worker.celery_app import WRITE_QUEUE, sender
+from memory_worker.celery_app import WRITE_QUEUE
 from memory_worker.config import VARIABLES, Settings
 from memory_worker.contrib.django.config import resolve, setting_values
 from memory_worker.errors import ConfigError
@@ -156,7 +156,6 @@ def client(django_settings: Settings, conn: redis.Redis, sim: ZepSimulator,
     earlier test of this process, so writes go to the broker of the dict explicitly."""
     from django.test import Client
 
-    monkeypatch.setattr(runtime, "send_mirror", sender(django_settings))
     return Client()
 
 

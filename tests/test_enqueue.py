@@ -204,10 +204,10 @@ def test_a_redis_pause_longer_than_the_read_timeout_still_catches_a_duplicate(
     from memory_worker import runtime
     from tests.processes import PrivateRedis
 
-    monkeypatch.setattr(runtime, "send_mirror", broker)
     with PrivateRedis(tmp_path / "redis") as private:
         rt = runtime.Runtime(dataclasses.replace(settings, redis_url=private.url,
                                                  spool_dir=str(tmp_path / "spool")))
+        rt.send = broker
         assert not rt.publisher.enqueue("t", "user", "hello", "m-1").duplicate
         other = redis.Redis.from_url(private.url)
         sleeping = threading.Thread(target=lambda: other.execute_command("DEBUG", "SLEEP", "0.3"))  # type: ignore[no-untyped-call]

@@ -41,9 +41,7 @@ def app_settings(read_settings: Settings, tmp_path: Path) -> Settings:
 @pytest.fixture
 def publishing(app_settings: Settings, monkeypatch: pytest.MonkeyPatch) -> Send:
     """The test Redis as broker (the library's Celery app may hold an earlier test's)."""
-    send = sender(app_settings)
-    monkeypatch.setattr(runtime, "send_mirror", send)
-    return send
+    return sender(app_settings)
 
 
 @pytest.fixture
@@ -108,7 +106,7 @@ def test_an_enqueue_stuck_on_the_broker_does_not_block_the_event_loop(
     Only the event loop releases the broker: were the loop blocked by the enqueue, the
     broker would wait out its patience and say so."""
     hanging = HangingBroker(sender(app_settings))
-    monkeypatch.setattr(runtime, "send_mirror", hanging)
+    monkeypatch.setattr(runtime.default_runtime(), "send", hanging)
 
     async def scenario() -> tuple[int, int, httpx.Response]:
         ticks = 0
