@@ -128,9 +128,10 @@ class Admission:
     state: CircuitState
 
 
-# Shared by the scripts. KEYS[1] is the hash; numbers are stored with
-# millisecond precision so ``circuit_state`` and operators can read them.
-_LUA_HELPERS = """
+# Shared by the scripts, and by the writer's, which run ``allow`` and ``success``
+# inside its own (``LUA_HELPERS``, ``ALLOW_LUA``, ``SUCCESS_LUA``). Numbers are
+# stored with millisecond precision so ``circuit_state`` and operators can read them.
+LUA_HELPERS = """
 local function fmt(x) return string.format('%.3f', x) end
 
 local function open(key, now, seconds, reason)
@@ -163,38 +164,44 @@ local function count(key, now, width, nbuckets, failed)
 end
 """
 
-# ARGV: now, trial lease seconds
+# ``allow(key, args)``, args: now, trial lease seconds.
 # Returns {'closed'} | {'open', reopen_at} | {'busy', lease end} | {'trial', lease end}
-_ALLOW = _LUA_HELPERS + """
-local now = tonumber(ARGV[1])
-local h = redis.call('HMGET', KEYS[1], 'state', 'reopen_at', 'trial_until')
-if h[1] ~= 'open' then return {'closed'} end
-local reopen_at = tonumber(h[2]) or 0
-if now < reopen_at then return {'open', fmt(reopen_at)} end
-local trial_until = tonumber(h[3]) or 0
-if now < trial_until then return {'busy', fmt(trial_until)} end
-trial_until = now + tonumber(ARGV[2])
-redis.call('HSET', KEYS[1], 'trial_until', fmt(trial_until))
-return {'trial', fmt(trial_until)}
-"""
-
-# ARGV: now, trial (1|0), window bucket width, buckets, idle expiry ms
-# Returns {0} or {1, opened_at} when this call closed the circuit.
-_SUCCESS = _LUA_HELPERS + """
-local now = tonumber(ARGV[1])
-local h = redis.call('HMGET', KEYS[1], 'state', 'reopen_at', 'opened_at')
-if h[1] == 'open' then
-  if ARGV[2] ~= '1' or now < (tonumber(h[2]) or 0) then return {0} end
-  redis.call('DEL', KEYS[1])
-  redis.call('HSET', KEYS[1], 'state', 'closed', 'closed_at', fmt(now))
-  redis.call('PEXPIRE', KEYS[1], ARGV[5])
-  return {1, h[3] or fmt(now)}
+ALLOW_LUA = """
+local function allow(key, args)
+  local now = tonumber(args[1])
+  local h = redis.call('HMGET', key, 'state', 'reopen_at', 'trial_until')
+  if h[1] ~= 'open' then return {'closed'} end
+  local reopen_at = tonumber(h[2]) or 0
+  if now < reopen_at then return {'open', fmt(reopen_at)} end
+  local trial_until = tonumber(h[3]) or 0
+  if now < trial_until then return {'busy', fmt(trial_until)} end
+  trial_until = now + tonumber(args[2])
+  redis.call('HSET', key, 'trial_until', fmt(trial_until))
+  return {'trial', fmt(trial_until)}
 end
-redis.call('HSET', KEYS[1], 'consecutive', 0)
-count(KEYS[1], now, tonumber(ARGV[3]), tonumber(ARGV[4]), false)
-redis.call('PEXPIRE', KEYS[1], ARGV[5])
-return {0}
 """
+_ALLOW = LUA_HELPERS + ALLOW_LUA + "return allow(KEYS[1], ARGV)"
+
+# ``success(key, args)``, args: now, trial (1|0), window bucket width, buckets, idle
+# expiry ms. Returns {0} or {1, opened_at} when this call closed the circuit.
+SUCCESS_LUA = """
+local function success(key, args)
+  local now = tonumber(args[1])
+  local h = redis.call('HMGET', key, 'state', 'reopen_at', 'opened_at')
+  if h[1] == 'open' then
+    if args[2] ~= '1' or now < (tonumber(h[2]) or 0) then return {0} end
+    redis.call('DEL', key)
+    redis.call('HSET', key, 'state', 'closed', 'closed_at', fmt(now))
+    redis.call('PEXPIRE', key, args[5])
+    return {1, h[3] or fmt(now)}
+  end
+  redis.call('HSET', key, 'consecutive', 0)
+  count(key, now, tonumber(args[3]), tonumber(args[4]), false)
+  redis.call('PEXPIRE', key, args[5])
+  return {0}
+end
+"""
+_SUCCESS = LUA_HELPERS + SUCCESS_LUA + "return success(KEYS[1], ARGV)"
 
 # ARGV: now, trial (1|0), window bucket width, buckets, idle expiry ms,
 #       failure threshold, failure rate, min calls, open seconds, max open seconds,
@@ -202,7 +209,7 @@ return {0}
 # Returns {0}; {2} for a failed trial that freed the lease for the next one; or
 # {1, reason, reopen_at, open_seconds, consecutive, calls, failures} when this
 # call opened the circuit.
-_FAILURE = _LUA_HELPERS + """
+_FAILURE = LUA_HELPERS + """
 local now = tonumber(ARGV[1])
 local h = redis.call('HMGET', KEYS[1], 'state', 'reopen_at', 'open_seconds')
 if h[1] == 'open' then
@@ -257,9 +264,20 @@ class Breaker:
     def policy(self) -> BreakerPolicy:
         return self._policy
 
+    @property
+    def key(self) -> str:
+        return self._keys.write_circuit
+
     def allow(self) -> Admission:
         """May this process call Zep now? Half-open, only the one caller that gets the trial."""
-        reply = self._run(self._allow, [self._clock(), self._policy.trial_lease_seconds])
+        return self.admission(self._run(self._allow, self.allow_args()))
+
+    def allow_args(self) -> list[float | int | str]:
+        """The arguments of ``ALLOW_LUA``'s ``allow``, for a script that runs it itself."""
+        return self._text_args([self._clock(), self._policy.trial_lease_seconds])
+
+    def admission(self, reply: list[str]) -> Admission:
+        """What a reply of ``allow`` means (and its log line)."""
         verdict = reply[0]
         if verdict == "closed":
             return Admission(True, False, None, CircuitState.CLOSED)
@@ -273,12 +291,20 @@ class Breaker:
 
     def record_success(self, trial: bool = False) -> bool:
         """Zep answered (anything but a breaker failure). True when this call closed the circuit."""
-        now = self._clock()
-        reply = self._run(self._success, [now, int(trial), *self._window_args()])
+        args = self.success_args(trial)
+        return self.succeeded(self._run(self._success, args), args)
+
+    def success_args(self, trial: bool = False) -> list[float | int | str]:
+        """The arguments of ``SUCCESS_LUA``'s ``success``, for a script that runs it itself."""
+        return self._text_args([self._clock(), int(trial), *self._window_args()])
+
+    def succeeded(self, reply: list[str], args: list[float | int | str]) -> bool:
+        """What a reply of ``success`` run with ``args`` means; True: it closed the circuit."""
         if int(reply[0]) != 1:
             return False
         opened_at = float(reply[1])
-        log_event(log, "memory_circuit_closed", open_for_seconds=round(now - opened_at, 3))
+        log_event(log, "memory_circuit_closed",
+                  open_for_seconds=round(float(args[0]) - opened_at, 3))
         return True
 
     def record_failure(self, trial: bool = False) -> bool:
@@ -323,8 +349,12 @@ class Breaker:
              ) -> list[str]:
         """Run one script; its reply as text (Lua numbers arrive as integers)."""
         try:
-            reply = script(keys=[self._keys.write_circuit],
-                           args=[repr(a) if isinstance(a, float) else a for a in args])
+            reply = script(keys=[self._keys.write_circuit], args=self._text_args(args))
         except redis.RedisError as exc:
             raise StateUnavailable(f"write circuit: {type(exc).__name__}") from exc
         return [as_text(item) or "" for item in reply]
+
+    @staticmethod
+    def _text_args(args: list[float | int | str]) -> list[float | int | str]:
+        """Floats as their exact repr (Lua reads them back unchanged)."""
+        return [repr(a) if isinstance(a, float) else a for a in args]

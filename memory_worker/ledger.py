@@ -92,6 +92,18 @@ return {3, record}
 """
 
 
+# ``settle(keys, cmid, done_ttl)`` for a script that settles a message inside its own
+# work (the writer's, after a stored write); keys: pending set, record, attempted
+# marker, done-marker. Sets the done-marker and takes the message out of the ledger.
+SETTLE_LUA = """
+local function settle(keys, cmid, done_ttl)
+  redis.call('SET', keys[4], '1', 'EX', done_ttl)
+  redis.call('ZREM', keys[1], cmid)
+  redis.call('DEL', keys[2], keys[3])
+end
+"""
+
+
 class Ledger:
     """The deployment's pending writes, seen from one process."""
 
@@ -129,6 +141,11 @@ class Ledger:
         """A retry is scheduled: expect the next attempt after its countdown."""
         self._conn.zadd(self._keys.write_pending,
                         {client_msg_id: now + countdown + self._slack}, xx=True)
+
+    def settle_keys(self, client_msg_id: str) -> list[str]:
+        """The keys ``SETTLE_LUA``'s ``settle`` takes, in its order."""
+        return [self._keys.write_pending, self._keys.write_pending_record(client_msg_id),
+                self._keys.write_attempted(client_msg_id), self._keys.write_done(client_msg_id)]
 
     def settle(self, client_msg_id: str, *, done_marker_ttl_s: int | None = None) -> None:
         """Done (with its done-marker, in the same transaction) or dead-lettered."""

@@ -18,7 +18,14 @@ Exactly once rests on three things together:
   repeated message, so there this check carries the promise; on v2 it also
   mends a batch that Zep reports as "already exists" while only some of its
   chunks were stored. ``mem:write:attempted:{client_msg_id}`` marks that an
-  attempt began; the done check, the lease and that marker are one script.
+  attempt began.
+
+One delivery makes two round trips to Redis: one script before the Zep call
+(the done check, the lease, the circuit breaker's admission and the attempted
+marker, set only when the call is admitted) and, after a stored write, one
+after it (the breaker's success, the done-marker, the ledger settled, the
+lease released). A failed call records the failure with the breaker and
+releases the lease, as two more.
 
 Retries: 429 waits ``Retry-After`` plus jitter and is no breaker failure;
 timeouts, 5xx and connection errors are breaker failures and back off
@@ -46,12 +53,12 @@ from dataclasses import dataclass
 import redis
 
 from memory_worker import metrics
-from memory_worker.breaker import Breaker
+from memory_worker.breaker import ALLOW_LUA, LUA_HELPERS, SUCCESS_LUA, Admission, Breaker
 from memory_worker.clock import Clock
 from memory_worker.config import Settings
-from memory_worker.connections import delete_if_value
+from memory_worker.connections import as_text, delete_if_value
 from memory_worker.keys import Keys
-from memory_worker.ledger import Ledger
+from memory_worker.ledger import SETTLE_LUA, Ledger
 from memory_worker.logs import log_event
 from memory_worker.messages import Payload, batches, zep_messages
 from memory_worker.zep import (
@@ -96,17 +103,43 @@ class DeadLetter:
 
 Verdict = Done | Retry | DeadLetter
 
-# KEYS: done-marker, lease, attempted marker. ARGV: lease token, lease ms, marker ttl s.
-# {0}: done already; {1, pttl}: another worker holds the lease; {2, n}: this caller
-# holds it, and n = 1 when an earlier attempt began (its outcome may be unknown).
-_BEGIN = """
+# One delivery is two round trips to Redis: ``_BEGIN`` before the Zep call,
+# ``_FINISH`` after a stored write (a failed one records it with the breaker and
+# releases the lease, as before).
+#
+# _BEGIN. KEYS: done-marker, lease, attempted marker, circuit. ARGV: lease token,
+# lease ms, marker ttl s, expired (1|0), then ``allow``'s arguments (now, trial lease).
+# {0}: done already; {1, pttl}: another worker holds the lease; {3}: expired (lease
+# released); {4, n, verdict, until}: the circuit admits no call now (lease released);
+# {2, n, verdict[, until]}: this caller holds the lease and may call Zep, the attempted
+# marker is set. n = 1 when an earlier attempt began (its outcome may be unknown).
+_BEGIN = LUA_HELPERS + ALLOW_LUA + """
 if redis.call('EXISTS', KEYS[1]) == 1 then return {0} end
 if not redis.call('SET', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[2]) then
   return {1, redis.call('PTTL', KEYS[2])}
 end
+if ARGV[4] == '1' then
+  redis.call('DEL', KEYS[2])
+  return {3}
+end
 local before = redis.call('EXISTS', KEYS[3])
+local admission = allow(KEYS[4], {ARGV[5], ARGV[6]})
+if admission[1] == 'open' or admission[1] == 'busy' then
+  redis.call('DEL', KEYS[2])
+  return {4, before, admission[1], admission[2]}
+end
 redis.call('SET', KEYS[3], '1', 'EX', ARGV[3])
-return {2, before}
+return {2, before, admission[1], admission[2]}
+"""
+
+# _FINISH, after a stored write. KEYS: circuit, then ``settle``'s keys (pending set,
+# record, attempted marker, done-marker), lease. ARGV: ``success``'s five arguments,
+# client_msg_id, done-marker ttl s, lease token. Returns ``success``'s reply.
+_FINISH = LUA_HELPERS + SUCCESS_LUA + SETTLE_LUA + """
+local closed = success(KEYS[1], {ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]})
+settle({KEYS[2], KEYS[3], KEYS[4], KEYS[5]}, ARGV[6], ARGV[7])
+if redis.call('GET', KEYS[6]) == ARGV[8] then redis.call('DEL', KEYS[6]) end
+return closed
 """
 
 
@@ -128,6 +161,7 @@ class Writer:
         self._breaker = breaker or Breaker(conn, self._keys, clock=clock)
         self._ledger = Ledger(conn, self._keys, settings.redeliver_after_seconds)
         self._begin = conn.register_script(_BEGIN)
+        self._finish_script = conn.register_script(_FINISH)
         self._rand = rand
 
     def deliver(self, payload: Payload, failures: int = 0, retries: int | None = None
@@ -137,22 +171,34 @@ class Writer:
         cmid = payload.client_msg_id
         lease_key = self._keys.write_lease(cmid)
         token = secrets.token_hex(8)
-        reply = self._begin(
-            keys=[self._keys.write_done(cmid), lease_key, self._keys.write_attempted(cmid)],
-            args=[token, self._lease_ms(), self._settings.write_max_age_seconds + 3600])
-        if int(reply[0]) == 0:
+        reply = [as_text(item) or "" for item in self._begin(
+            keys=[self._keys.write_done(cmid), lease_key, self._keys.write_attempted(cmid),
+                  self._breaker.key],
+            args=[token, self._lease_ms(), self._settings.write_max_age_seconds + 3600,
+                  "1" if self._expired(payload) else "0", *self._breaker.allow_args()])]
+        code = int(reply[0])
+        if code == 0:
             metrics.safe_inc(metrics.write_skipped, reason="already_done")
             return Done("already_done")
-        if int(reply[0]) == 1:
+        if code == 1:
             wait = max(1.0, (int(reply[1]) if int(reply[1]) > 0 else 1000) / 1000)
             return Retry(wait + self._rand(0.0, 1.0), "in_flight", counts=False)
+        if code == 3:
+            return DeadLetter(EXPIRED, None)
+        admission = self._breaker.admission(reply[2:])
+        if code == 4:
+            metrics.safe_inc(metrics.write_failures, reason="circuit_open")
+            wait = max(0.5, (admission.retry_at or self._clock()) - self._clock())
+            verdict: Verdict = Retry(wait + self._rand(0.0, 1.0), "circuit_open", counts=False)
+            return self._within_age(payload, verdict)
+        token_held = True
         try:
-            if self._expired(payload):
-                return DeadLetter(EXPIRED, None)
             verdict = self._attempt(payload, failures, failures if retries is None else retries,
-                                    unsure=int(reply[1]) == 1)
+                                    unsure=reply[1] == "1", admission=admission, token=token)
+            token_held = not isinstance(verdict, Done)  # _FINISH released it
         finally:
-            delete_if_value(self._conn, lease_key, token)
+            if token_held:
+                delete_if_value(self._conn, lease_key, token)
         return self._within_age(payload, verdict)
 
     def _expired(self, payload: Payload) -> bool:
@@ -181,18 +227,11 @@ class Writer:
         """
         return 4 * self._settings.zep_timeout_ms + 2000
 
-    def _attempt(self, payload: Payload, failures: int, retries: int, *, unsure: bool
-                 ) -> Verdict:
-        admission = self._breaker.allow()
-        if not admission.allowed:
-            metrics.safe_inc(metrics.write_failures, reason="circuit_open")
-            wait = max(0.5, (admission.retry_at or self._clock()) - self._clock())
-            return Retry(wait + self._rand(0.0, 1.0), "circuit_open", counts=False)
-
+    def _attempt(self, payload: Payload, failures: int, retries: int, *, unsure: bool,
+                 admission: Admission, token: str) -> Verdict:
         outcome = self._write(payload, unsure=unsure)
         if isinstance(outcome, Written):
-            self._breaker.record_success(admission.trial)
-            self._finish(payload)
+            self._finish(payload, admission.trial, token)
             return Done("stored")
 
         reason = outcome.reason
@@ -300,11 +339,18 @@ class Writer:
             log_event(log, "zep_session_created", thread_id=payload.thread_id)
         return created
 
-    def _finish(self, payload: Payload) -> None:
-        """Mark done. The thread's cached context is left to its TTL on purpose: every chat
-        turn writes, so dropping it here would make nearly every read a miss; the app holds
-        the last turns itself, and ``memory-worker invalidate`` is there when it matters."""
-        self._ledger.settle(payload.client_msg_id, done_marker_ttl_s=DONE_MARKER_TTL_S)
+    def _finish(self, payload: Payload, trial: bool, token: str) -> None:
+        """In one script: the breaker's success, the done-marker, the ledger settled, the
+        lease released. The thread's cached context is left to its TTL on purpose: every
+        chat turn writes, so dropping it here would make nearly every read a miss; the app
+        holds the last turns itself, and ``memory-worker invalidate`` is there when it
+        matters."""
+        cmid = payload.client_msg_id
+        args = self._breaker.success_args(trial)
+        reply = self._finish_script(
+            keys=[self._breaker.key, *self._ledger.settle_keys(cmid), self._keys.write_lease(cmid)],
+            args=[*args, cmid, DONE_MARKER_TTL_S, token])
+        self._breaker.succeeded([as_text(item) or "" for item in reply], args)
 
 
 def _chunk(message: OutgoingMessage) -> int:

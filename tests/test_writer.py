@@ -307,3 +307,51 @@ def test_a_write_survives_a_thirty_minute_outage_with_default_settings(
     clock.advance(300)
     assert writer.deliver(payload(cmid="patient"), failures) == Done("stored")
     assert len(sim.messages("t-1")) == 1
+
+
+class CountingRedis(redis.Redis):
+    """A client that counts the commands it sends: each is one round trip here."""
+
+    sent: list[str]
+
+    def execute_command(self, *args: object, **options: object) -> object:
+        self.sent.append(str(args[0]))
+        return super().execute_command(*args, **options)  # type: ignore[no-untyped-call]
+
+
+def test_a_stored_delivery_makes_two_round_trips_to_redis(
+    redis_url: str, conn: redis.Redis, read_settings: Settings, zep: ZepClient,
+    clock: FakeClock, sim: ZepSimulator, keys: Keys
+) -> None:
+    """One script before the Zep call, one after it; the breaker, ledger and lease inside."""
+    counting = CountingRedis(connection_pool=redis.ConnectionPool.from_url(
+        redis_url, decode_responses=True))
+    counting.sent = []
+    writer = Writer(counting, read_settings, zep, clock=clock, rand=upper)
+    sim.ensure_session("t-1")
+    conn.zadd(keys.write_pending, {"m-rt": 1.0})
+    writer.deliver(payload("m-warm"))  # loads the scripts into Redis
+    counting.sent.clear()
+
+    assert writer.deliver(payload("m-rt")) == Done("stored")
+    assert counting.sent == ["EVALSHA", "EVALSHA"]
+    assert conn.exists(keys.write_done("m-rt"), keys.write_lease("m-rt"),
+                       keys.write_attempted("m-rt")) == 1  # only the done-marker is left
+    assert conn.zscore(keys.write_pending, "m-rt") is None
+    counting.close()
+
+
+def test_a_delivery_the_circuit_holds_back_neither_calls_zep_nor_keeps_its_lease(
+    writer: Writer, sim: ZepSimulator, conn: redis.Redis, keys: Keys, clock: FakeClock
+) -> None:
+    """The admission is part of the first script; a refused attempt marks nothing attempted."""
+    breaker = Breaker(conn, keys, clock=clock)
+    for _ in range(breaker.policy.failure_threshold):
+        breaker.record_failure()
+        clock.advance(breaker.policy.failure_run_seconds)
+    assert breaker.state() is CircuitState.OPEN
+    sim.reset_requests()
+    verdict = writer.deliver(payload("m-held"))
+    assert isinstance(verdict, Retry) and verdict.reason == "circuit_open"
+    assert sim.requests() == []
+    assert conn.exists(keys.write_lease("m-held"), keys.write_attempted("m-held")) == 0
