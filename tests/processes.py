@@ -53,9 +53,13 @@ def rabbit_queues_drained(node: PrivateRabbit, vhost: str) -> bool:
     none waiting in the delayed-delivery queues (``celery_delayed_*``)."""
     from memory_worker.celery_app import WRITE_QUEUE
 
-    counts = node.messages(vhost)
-    return not any(n for name, n in counts.items()
-                   if name == WRITE_QUEUE or name.startswith("celery_delayed_"))
+    def empty() -> bool:
+        return not any(n for name, n in node.messages(vhost).items()
+                       if name == WRITE_QUEUE or name.startswith("celery_delayed_"))
+
+    # Counts are as of each queue's last tick: empty twice in a row, more than a tick
+    # apart (one listing takes longer than that), is empty.
+    return empty() and empty()
 
 
 def accepted_adds(sim: object, client_msg_id: str) -> int:
@@ -292,6 +296,10 @@ class PrivateRabbit:
             f"listeners.tcp.default = 127.0.0.1:{self.port}\n"
             "log.console = false\nlog.file.level = warning\n")
         (self.directory / "rabbitmq-env.conf").write_text("")
+        # Quorum queues report their counts to `rabbitmqctl list_queues` on each tick
+        # (5 s by default): a short tick keeps `messages()` close to the truth.
+        (self.directory / "advanced.config").write_text(
+            "[{rabbit, [{quorum_tick_interval, 200}]}].\n")
         with (self.directory / "server.log").open("ab") as log:
             self.proc = subprocess.Popen([str(server)], env=self._env(), cwd=self.directory,
                                          stdout=log, stderr=subprocess.STDOUT,
@@ -344,7 +352,8 @@ class PrivateRabbit:
                 self.ctl("delete_vhost", name, check=False)
 
     def messages(self, vhost: str) -> dict[str, int]:
-        """Every queue of ``vhost`` with its messages, ready and unacknowledged together."""
+        """Every queue of ``vhost`` with its messages, ready and unacknowledged together
+        (as of the queue's last tick, at most 200 ms old)."""
         out = self.ctl("list_queues", "-p", vhost, "name", "messages").stdout
         counts = {}
         for line in out.splitlines():
@@ -369,6 +378,7 @@ class PrivateRabbit:
                 "RABBITMQ_DIST_PORT": str(self.dist_port), "ERL_EPMD_ADDRESS": "127.0.0.1",
                 "RABBITMQ_CONF_ENV_FILE": str(d / "rabbitmq-env.conf"),
                 "RABBITMQ_CONFIG_FILE": str(d / "rabbitmq.conf"),
+                "RABBITMQ_ADVANCED_CONFIG_FILE": str(d / "advanced.config"),
                 "RABBITMQ_ENABLED_PLUGINS_FILE": str(d / "enabled_plugins"),
                 "RABBITMQ_MNESIA_BASE": str(d / "mnesia"), "RABBITMQ_LOG_BASE": str(d / "log"),
                 "RABBITMQ_PID_FILE": str(d / "node.pid")}
