@@ -16,6 +16,7 @@ import redis
 from memory_worker.config import Settings
 from memory_worker.enqueue import Publisher
 from memory_worker.guard import Guard
+from memory_worker.keys import Keys
 from memory_worker.messages import Payload
 from memory_worker.probe import Prober
 from memory_worker.runtime import Runtime
@@ -78,3 +79,37 @@ def test_every_key_has_the_prefix_and_every_transient_key_a_ttl(
     assert expected <= set(keys)
     zep.close()
     runtime.zep.close()
+
+
+def test_on_v4_the_id_mapping_is_the_only_addition_and_it_is_durable(
+    read_settings: Settings, conn: redis.Redis, sim: ZepSimulator, tmp_path: Path
+) -> None:
+    """Zep v4: writes and reads add the prefixed thread/user mapping, kept without a TTL
+    (it is rebuilt from Zep when lost, but must not be evicted); the creation lock expires."""
+    from memory_worker.zep_v4 import ZepV4Client
+
+    settings = dataclasses.replace(read_settings, key_prefix=PREFIX, spool_dir=str(tmp_path),
+                                   zep_api_version="v4")
+    clock = FakeClock()
+    sent: list[dict[str, Any]] = []
+    publisher = Publisher(settings, conn, lambda task_id, kw: sent.append(kw), clock=clock)
+    zep = ZepV4Client(sim.url, "test-key", conn, keys=Keys(PREFIX))
+    runtime = Runtime(settings, clock=clock, zep=zep)
+    writer = Writer(conn, settings, zep, clock=clock)
+    publisher.enqueue("v4-thread", "user", "hello", "v-1", user_id="v4-user")
+    publisher.enqueue("v4-solo", "user", "hello", "v-2")
+    for record in sent:
+        writer.deliver(Payload.from_json(record["payload"]))
+    for view in ("summary", "recent", "facts"):
+        runtime.fetch("v4-thread", view)
+
+    keys = sorted(str(k) for k in conn.keys("*"))
+    assert [k for k in keys if not k.startswith(PREFIX)] == []
+    durable = {k for k in keys if conn.ttl(k) < 0}
+    assert durable - PERSISTENT == {
+        f"{PREFIX}zep:v4:thread:v4-thread", f"{PREFIX}zep:v4:thread:v4-solo",
+        f"{PREFIX}zep:v4:user:v4-user", f"{PREFIX}zep:v4:user:memory-worker-thread:v4-solo",
+        *(k for k in keys if k.startswith(f"{PREFIX}zep:v4:thread_of:")),
+    }
+    assert len([k for k in keys if k.startswith(f"{PREFIX}zep:v4:thread_of:")]) == 2
+    zep.close()
