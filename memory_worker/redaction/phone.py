@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import re
 import unicodedata
+from bisect import bisect_right
 
 from memory_worker.redaction import phone_plan
 from memory_worker.redaction.phone_context import Cue, cue_after, cue_before
@@ -69,6 +70,8 @@ _SHORTEST = 8           # no number we accept has fewer digits
 _LONGEST_RUN = 120      # eight numbers side by side; longer runs are not lists of phones
 _CHUNKS_PER_NUMBER = 7  # "00 90 533 289 75 21" has six
 _CHARACTERS_PER_CHECK = 8  # a split run may cost about one full check per number it can hold
+_CHECKS_PER_TEXT = 128     # and a whole text this many, plus one per 32 characters
+_CHARACTERS_PER_TEXT_CHECK = 32
 
 # A number does not continue a decimal, a code, an amount or (so that a
 # later pass judges it as this one did) a placeholder.
@@ -89,17 +92,24 @@ _READ_AFTER = 64    # the clause after a number (48) and a unit glued to it
 
 
 class Progress:
-    """Whether a pass over a text settled its phones.
+    """What the passes over one text have judged, and whether the last one settled.
 
     A long run of figures is split within a budget of checks; when the
     budget runs out after a phone was found in it, the rest of the run is
     judged again on the redacted text, so the caller repeats the pass.
+    Verdicts are kept by everything a verdict reads around its run, so a
+    text that repeats a phrase (or a hostile one that repeats it thousands
+    of times), and a repeated pass, judge each once.
     """
 
-    __slots__ = ("settled",)
+    __slots__ = ("checks", "seen", "settled")
 
     def __init__(self) -> None:
         self.settled = True
+        self.seen: dict[tuple[str, int], list[tuple[int, int]]] = {}
+        # Checks left for splitting runs in this text, set by the first pass:
+        # a message is never worth more than this many, whatever it holds.
+        self.checks = -1
 
 
 # Dates, thousands-grouped amounts and payment card numbers, whole: refused
@@ -116,10 +126,9 @@ def find_phones(text: str, progress: Progress | None = None) -> list[Span]:
     spans: list[Span] = []
     ibans: list[tuple[int, int]] | None = None
     progress = Progress() if progress is None else progress
-    # Verdicts by everything a verdict reads around its run: a text that
-    # repeats a phrase (or a hostile one that repeats it thousands of
-    # times) has it judged once.
-    seen: dict[tuple[str, int], list[tuple[int, int]]] = {}
+    if progress.checks < 0:
+        progress.checks = _CHECKS_PER_TEXT + len(text) // _CHARACTERS_PER_TEXT_CHECK
+    seen = progress.seen
     for run in _RUN.finditer(text):
         start, end = run.span()
         if not _SHORTEST <= end - start <= _LONGEST_RUN:
@@ -166,7 +175,8 @@ def _judge_run(text: str, start: int, end: int, raw: str, groups: list[str],
 def _after_ibans(text: str, start: int, end: int,
                  ibans: list[tuple[int, int]]) -> tuple[int, int]:
     """The part of a run after the IBAN it overlaps (a phone may follow one)."""
-    for iban_start, iban_end in ibans:
+    index = bisect_right(ibans, (start, len(text))) - 1  # the last IBAN starting at or before
+    for iban_start, iban_end in ibans[max(0, index):index + 2]:
         if iban_start < end and start < iban_end:
             rest = _RUN.search(text, iban_end, end) if iban_end < end else None
             return (end, end) if rest is None else rest.span()
@@ -181,6 +191,8 @@ def _split_run(text: str, start: int, end: int, progress: Progress) -> list[Span
     form cannot have costs one subtraction; full checks are budgeted by the
     run's size.
     """
+    if progress.checks == 0:
+        return []
     chunks = [m.span() for m in _CUT.finditer(text, start, end)]
     digits = [_digits(text[a:b]) for a, b in chunks]
     digits_before = [0]
@@ -209,14 +221,17 @@ def _split_run(text: str, start: int, end: int, progress: Progress) -> list[Span
             if size not in counts or (first == 0 and candidate == len(chunks)):
                 continue  # a length this form cannot have, or the whole run, judged already
             checks -= 1
+            progress.checks -= 1
             segment = _outside_parentheses(text, chunks[first][0], chunks[candidate - 1][1])
             if _fit(text, segment, None):
                 found.append(segment)
                 last = candidate
                 break
-            if checks == 0:
+            if checks == 0 or progress.checks == 0:
                 starved = True
                 break
+        if progress.checks == 0:
+            return found  # the text has had all the checks it is worth
         first = last if last is not None else first + 1
     if (starved or first < len(chunks)) and found:
         progress.settled = False  # the rest of the run, apart from what was found, is judged again

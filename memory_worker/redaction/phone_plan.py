@@ -32,61 +32,61 @@ _TYPES = ("premium_rate", "toll_free", "shared_cost", "voip", "personal_number",
 
 
 class _Plan(NamedTuple):
-    """One region's plan: per national length, the patterns a valid number matches."""
+    """One country code's plans: per national length, one pattern that a valid
+    number of any of its regions matches, and the lengths its main region allows."""
 
-    general: re.Pattern[str]
     by_length: dict[int, re.Pattern[str]]
     possible_lengths: frozenset[int]
 
 
-def _region_plan(metadata: PhoneMetadata) -> _Plan | None:
+def _region_patterns(metadata: PhoneMetadata) -> dict[int, str]:
+    """Per length, the pattern of one region: its general pattern and one type."""
     general = metadata.general_desc
     if general is None or general.national_number_pattern is None:
-        return None
-    lengths = set(general.possible_length) | set(general.possible_length_local_only)
+        return {}
     by_length: dict[int, list[str]] = {}
     for name in _TYPES:
         desc = getattr(metadata, name, None)
         if desc is None or desc.national_number_pattern is None:
             continue
         for size in desc.possible_length or general.possible_length:
-            by_length.setdefault(size, []).append(desc.national_number_pattern)
-    return _Plan(
-        general=re.compile(general.national_number_pattern),
-        by_length={size: re.compile("|".join(f"(?:{p})" for p in patterns))
-                   for size, patterns in by_length.items()
-                   if size in general.possible_length},
-        possible_lengths=frozenset(lengths),
-    )
+            if size in general.possible_length:
+                by_length.setdefault(size, []).append(f"(?:{desc.national_number_pattern})")
+    return {size: f"(?=(?:{general.national_number_pattern})$)(?:{'|'.join(types)})"
+            for size, types in by_length.items()}
 
 
 @cache
-def _plans(country_code: int) -> tuple[_Plan, ...]:
-    """The plans of every region sharing ``country_code`` (main region first)."""
-    plans: list[_Plan] = []
+def _plan(country_code: int) -> _Plan:
+    """The plans of every region sharing ``country_code``, compiled once."""
+    by_length: dict[int, list[str]] = {}
+    possible_lengths: frozenset[int] = frozenset()
     for region in phonenumbers.COUNTRY_CODE_TO_REGION_CODE.get(country_code, ()):
         metadata = (PhoneMetadata.metadata_for_nongeo_region(country_code) if region == "001"
                     else PhoneMetadata.metadata_for_region(region))
-        plan = None if metadata is None else _region_plan(metadata)
-        if plan is not None:
-            plans.append(plan)
-    return tuple(plans)
+        if metadata is None:
+            continue
+        if not possible_lengths and metadata.general_desc is not None:
+            general = metadata.general_desc
+            possible_lengths = frozenset(general.possible_length) | frozenset(
+                general.possible_length_local_only)
+        for size, pattern in _region_patterns(metadata).items():
+            by_length.setdefault(size, []).append(f"(?:{pattern})")
+    return _Plan(
+        by_length={size: re.compile("|".join(patterns)) for size, patterns in by_length.items()},
+        possible_lengths=possible_lengths,
+    )
 
 
 def valid(country_code: int, national: str) -> bool:
     """``national`` is a valid number of some region of ``country_code``."""
-    size = len(national)
-    for plan in _plans(country_code):
-        pattern = plan.by_length.get(size)
-        if pattern is not None and plan.general.fullmatch(national) and pattern.fullmatch(national):
-            return True
-    return False
+    pattern = _plan(country_code).by_length.get(len(national))
+    return pattern is not None and pattern.fullmatch(national) is not None
 
 
 def possible(country_code: int, national: str) -> bool:
     """``national`` has a length the main plan of ``country_code`` allows."""
-    plans = _plans(country_code)
-    return bool(plans) and len(national) in plans[0].possible_lengths
+    return len(national) in _plan(country_code).possible_lengths
 
 
 # The answers below are pure functions of the digits: recent ones are kept,
