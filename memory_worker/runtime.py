@@ -19,6 +19,7 @@ step cut short, or left no time at all, counts as a Redis failure.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import functools
 import os
 import threading
@@ -34,7 +35,7 @@ from redis.asyncio.retry import Retry as AsyncRetry
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from memory_worker import logs, metrics
+from memory_worker import logs, metrics, tracing
 from memory_worker.clock import Clock, system_clock
 from memory_worker.config import Settings
 from memory_worker.connections import redis_client
@@ -281,9 +282,9 @@ class Runtime:
                                               step.view)
         if time.monotonic() < self._redis_down_until:
             return None
-        if type(step) is Snapshot:  # the hot path: one MGET
+        if type(step) is Snapshot:  # the hot path: one MGET, pipelined with the others
             try:
-                return await state.conn.mget(step.keys)
+                return await state.snapshot(step.keys)
             except redis.RedisError:
                 self._redis_failed(step)
                 return None
@@ -306,7 +307,14 @@ class Runtime:
 
 
 class _AsyncRedis:
-    """The asyncio Redis client and scripts of one event loop."""
+    """The asyncio Redis client and scripts of one event loop.
+
+    The ``MGET``s of the reads that reach their snapshot in the same pass of
+    the loop go to Redis together, in one pipeline on one connection
+    (``snapshot``): a thousand reads at once cost a few round trips and a few
+    connections, not a thousand of each (connecting that many within the
+    read path's 50 ms would fail, and take the process off Redis for a second).
+    """
 
     def __init__(self, url: str) -> None:
         self.conn = aredis.Redis.from_url(
@@ -317,6 +325,38 @@ class _AsyncRedis:
         self.after_read = self.conn.register_script(AFTER_READ)
         self.guard = self.conn.register_script(GUARD_SCRIPT)
         self.pause = self.conn.register_script(PAUSE)
+        self._waiting: list[tuple[list[str], asyncio.Future[Any]]] = []
+        self._sending: set[asyncio.Task[None]] = set()
+
+    def snapshot(self, keys: list[str]) -> asyncio.Future[Any]:
+        """The reply of ``MGET keys``, sent with the others of this pass of the loop."""
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._waiting.append((keys, future))
+        if len(self._waiting) == 1:  # the first of this pass: send them all on the next
+            task = asyncio.get_running_loop().create_task(self._send_waiting())
+            self._sending.add(task)
+            task.add_done_callback(self._sending.discard)
+        return future
+
+    async def _send_waiting(self) -> None:
+        batch, self._waiting = self._waiting, []
+        try:
+            if len(batch) == 1:
+                replies = [await self.conn.mget(batch[0][0])]
+            else:
+                pipe = self.conn.pipeline(transaction=False)
+                for keys, _ in batch:
+                    pipe.mget(keys)
+                replies = await pipe.execute()
+        except Exception as exc:  # each waiting read fails open, as after its own MGET
+            error = exc if isinstance(exc, redis.RedisError) else redis.RedisError(repr(exc))
+            for _, future in batch:
+                if not future.done():
+                    future.set_exception(error)
+            return
+        for (_, future), reply in zip(batch, replies, strict=True):
+            if not future.done():  # a caller that was cancelled no longer waits
+                future.set_result(reply)
 
     def perform(self, step: Bounded) -> Awaitable[Any]:
         if isinstance(step, RunGuard):
@@ -361,12 +401,22 @@ def default_runtime() -> Runtime:
 def fetch_thread_context(thread_id: str, view: str = "summary"
                          ) -> tuple[ThreadContext | None, ReadMeta]:
     """The thread's context within MEMORY_READ_TIMEOUT_MS; never raises for a fault."""
+    if tracing.enabled():
+        with tracing.span("memory.fetch_thread_context", view=view) as current:
+            result = default_runtime().fetch(thread_id, view)
+            tracing.record_read(current, result[1])
+            return cast(tuple[ThreadContext | None, ReadMeta], result)
     return cast(tuple[ThreadContext | None, ReadMeta], default_runtime().fetch(thread_id, view))
 
 
 async def afetch_thread_context(thread_id: str, view: str = "summary"
                                 ) -> tuple[ThreadContext | None, ReadMeta]:
     """``fetch_thread_context`` for asyncio: never blocks the event loop."""
+    if tracing.enabled():
+        with tracing.span("memory.fetch_thread_context", view=view) as current:
+            result = await default_runtime().afetch(thread_id, view)
+            tracing.record_read(current, result[1])
+            return cast(tuple[ThreadContext | None, ReadMeta], result)
     result = await default_runtime().afetch(thread_id, view)
     return cast(tuple[ThreadContext | None, ReadMeta], result)
 
@@ -375,6 +425,12 @@ def enqueue_message(thread_id: str, role: str, content: str, client_msg_id: str,
                     user_id: str | None = None, metadata: dict[str, Any] | None = None
                     ) -> EnqueueResult:
     """Validate, redact and publish one message for mirroring to Zep (SPEC §6)."""
+    if tracing.enabled():
+        with tracing.span("memory.enqueue_message", role=role) as current:
+            result = default_runtime().publisher.enqueue(thread_id, role, content,
+                                                         client_msg_id, user_id, metadata)
+            tracing.record_enqueue(current, result)
+            return result
     return default_runtime().publisher.enqueue(thread_id, role, content, client_msg_id,
                                                user_id, metadata)
 
@@ -392,6 +448,14 @@ async def aenqueue_message(thread_id: str, role: str, content: str, client_msg_i
     runtime = default_runtime()
     call = functools.partial(runtime.publisher.enqueue, thread_id, role, content,
                              client_msg_id, user_id, metadata)
+    if tracing.enabled():
+        with tracing.span("memory.enqueue_message", role=role) as current:
+            # The pool's thread publishes inside this span (Celery's publish span, headers).
+            in_span = functools.partial(contextvars.copy_context().run, call)
+            result = await asyncio.get_running_loop().run_in_executor(runtime.enqueue_pool,
+                                                                      in_span)
+            tracing.record_enqueue(current, result)
+            return result
     return await asyncio.get_running_loop().run_in_executor(runtime.enqueue_pool, call)
 
 
