@@ -71,12 +71,32 @@ def keys() -> Keys:
     return Keys("mem:")
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "zep_apis: run once per Zep API, v2 and v4 "
+                                       "(tests/zep_apis.py)")
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """Tests marked ``zep_apis`` (a module's ``pytestmark``) run once per Zep API."""
+    from tests.zep_apis import ZEP_APIS
+
+    if ("zep_api_version" in metafunc.fixturenames
+            and metafunc.definition.get_closest_marker("zep_apis") is not None):
+        metafunc.parametrize("zep_api_version", ZEP_APIS, ids=ZEP_APIS, indirect=True)
+
+
 @pytest.fixture
-def settings(redis_url: str) -> Settings:
+def zep_api_version(request: pytest.FixtureRequest) -> str:
+    """The Zep API of the test: v2 unless it is marked ``zep_apis`` (then v2 and v4)."""
+    return str(getattr(request, "param", "v2"))
+
+
+@pytest.fixture
+def settings(redis_url: str, zep_api_version: str) -> Settings:
     return Settings(
         flag_zep_write=True, flag_zep_read=True,
         zep_api_url="http://127.0.0.1:9", zep_api_key="test-key",
-        redis_url=redis_url,
+        redis_url=redis_url, zep_api_version=zep_api_version,
     )
 
 
@@ -117,6 +137,14 @@ def sim(zep_server: Any) -> Iterator[Any]:
 def read_settings(settings: Settings, sim: Any) -> Settings:
     """Settings pointing at the simulator, with the contract's read defaults."""
     return dataclasses.replace(settings, zep_api_url=sim.url)
+
+
+@pytest.fixture
+def zep_api(read_settings: Settings, sim: Any, conn: redis.Redis) -> Any:
+    """What differs between the Zep APIs, for the test's API (``tests.zep_apis``)."""
+    from tests.zep_apis import ZepApiUnderTest
+
+    return ZepApiUnderTest(read_settings.zep_api_version, sim, conn, read_settings)
 
 
 BROKERS = ("redis", "rabbitmq")
@@ -171,13 +199,15 @@ def broker(request: pytest.FixtureRequest, redis_url: str) -> Iterator[Broker]:
 
 
 @pytest.fixture
-def env(redis_url: str, sim: Any, tmp_path: Path, broker: Broker) -> dict[str, str]:
-    """The environment of worker subprocesses: writes and reads on, the simulator as Zep,
-    the test's broker."""
+def env(redis_url: str, sim: Any, tmp_path: Path, broker: Broker,
+        zep_api_version: str) -> dict[str, str]:
+    """The environment of worker subprocesses: writes and reads on, the simulator as Zep
+    (the test's API), the test's broker."""
     from tests.processes import project_env
 
     return project_env(redis_url, FLAG_ZEP_WRITE="true", FLAG_ZEP_READ="true",
                        ZEP_API_URL=sim.url, ZEP_API_KEY="test-key",
+                       ZEP_API_VERSION=zep_api_version,
                        MEMORY_SPOOL_DIR=str(tmp_path / "spool"), **broker.env)
 
 
