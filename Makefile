@@ -33,8 +33,10 @@ test: lint typecheck unit
 demo: $(STAMP) redis
 	$(BIN)/python scripts/demo.py
 
+# Every benchmark runs; the target fails when any of them missed one of its targets.
 bench: $(STAMP) redis
-	@for b in bench/*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done
+	@failed=0; for b in bench/read_path.py bench/write_path.py bench/redaction.py bench/load.py; do \
+		echo "== $$b"; $(BIN)/python $$b || failed=1; done; exit $$failed
 
 # The long chaos soak (20,000 messages, a 60 s Zep outage; about 8 minutes).
 # `make test` runs the short plan in tests/test_soak.py.

@@ -6,7 +6,8 @@ Prints one JSON object with
   POSTs the same payload to the same simulator, on a worker with the same
   settings (prefork, the same concurrency, acks late, prefetch 1);
 - ``enqueue_message`` p50/p99 next to a bare ``task.delay()``.
-Targets: throughput >= 0.8 x the bare task; enqueue p50 <= 1.3 x bare delay().
+Targets: throughput >= 1.0 x the bare task; enqueue p50 <= 1.15 x bare delay().
+Exits 1 when one is missed.
 
 Usage: .venv/bin/python bench/write_path.py [--messages N] [--concurrency C]
 Uses database 13 of REDIS_URL's host (flushed) as broker and state.
@@ -40,6 +41,23 @@ from memory_worker.zep_sim.process import spawn
 ROOT = Path(__file__).resolve().parent.parent
 KEY = "bench-key"
 BARE_TASK = "bench.bare_post"
+TARGETS = {  # ratio: (limit, "max" | "min")
+    "throughput_mirror_over_bare": (1.0, "min"),
+    "enqueue_p50_over_delay_p50": (1.15, "max"),
+}
+
+
+def verdict(ratios: dict[str, float], targets: dict[str, tuple[float, str]]) -> bool:
+    """Print each ratio beside its target on stderr; True when every target is met."""
+    met = True
+    for name, (limit, kind) in targets.items():
+        value = ratios[name]
+        ok = value <= limit if kind == "max" else value >= limit
+        met = met and ok
+        sign = "<=" if kind == "max" else ">="
+        print(f"{'ok  ' if ok else 'MISS'} {name} = {value} (target {sign} {limit})",
+              file=sys.stderr)
+    return met
 
 
 def bare_app(settings: Settings) -> Celery:
@@ -177,12 +195,15 @@ def main() -> None:
                 "throughput_mirror_over_bare": round(mirror_rate / bare_rate, 3),
                 "enqueue_p50_over_delay_p50": round(enqueue["p50_ms"] / delay["p50_ms"], 3),
             },
-            "targets": {"throughput_ratio_min": 0.8, "enqueue_ratio_max": 1.3},
+            "targets": {name: f"{'<=' if kind == 'max' else '>='} {limit}"
+                        for name, (limit, kind) in TARGETS.items()},
         })
     finally:
         stop(sim)
         conn.flushdb()
     print(json.dumps(report, indent=1))
+    if not verdict(report["ratios"], TARGETS):
+        sys.exit(1)
 
 
 def _bench_app() -> Celery:
