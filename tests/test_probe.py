@@ -1,4 +1,8 @@
-"""The recovery probe: single flight, compare-and-clear, escalating holds, the CLI."""
+"""The recovery probe: single flight, compare-and-clear, escalating holds, the CLI.
+
+The probe's tests run on both Zep APIs: v2 reads a session no chat uses, v4
+sends one ``GET /api/v4/threads/{uuid}`` of a uuid Zep never assigns.
+"""
 
 from __future__ import annotations
 
@@ -22,15 +26,18 @@ from memory_worker.config import Settings
 from memory_worker.guard import Guard
 from memory_worker.keys import Keys
 from memory_worker.probe import PROBE_SESSION, Prober, ProbeResult
-from memory_worker.zep import ZepClient
+from memory_worker.zep import connect
 from memory_worker.zep_sim import Fault, ZepSimulator
+from memory_worker.zep_v4 import PROBE_THREAD
 from tests.conftest import FakeClock
+from tests.zep_apis import ZepApiUnderTest
 
 ROOT = Path(__file__).resolve().parent.parent
+pytestmark = pytest.mark.zep_apis
 
 
 def prober_for(settings: Settings, clock: FakeClock, conn: redis.Redis) -> Prober:
-    return Prober(conn, settings, ZepClient(settings.zep_api_url or "", "test-key"), clock=clock)
+    return Prober(conn, settings, connect(settings, conn), clock=clock)
 
 
 def force(conn: redis.Redis, settings: Settings, clock: FakeClock, reason: str = "auth",
@@ -62,11 +69,16 @@ def test_nothing_is_probed_while_the_hold_runs(
 @pytest.mark.parametrize("seeded", [False, True], ids=["404-is-an-answer", "200"])
 def test_a_successful_probe_clears_the_record_and_resets_the_counters(
     read_settings: Settings, clock: FakeClock, conn: redis.Redis, sim: ZepSimulator, keys: Keys,
-    seeded: bool,
+    zep_api: ZepApiUnderTest, seeded: bool,
 ) -> None:
     """After until, one request; Zep answers → record gone, counters reset."""
-    if seeded:
+    if seeded and zep_api.version == "v2":
         sim.seed(PROBE_SESSION, summary="probe")
+    elif seeded:
+        # v4 probes a thread uuid Zep never assigns, so Zep answers 404 there; a 200 is
+        # made by answering the probe's own request with a thread.
+        sim.add_fault(Fault(method="GET", path=f"/api/v4/threads/{PROBE_THREAD}", status=200,
+                            body={"uuid": PROBE_THREAD}))
     force(conn, read_settings, clock)
     conn.set(keys.probe_failures, 2)
     conn.set(keys.consecutive_failures, 1)
@@ -80,10 +92,11 @@ def test_a_successful_probe_clears_the_record_and_resets_the_counters(
 
 
 def test_a_failed_probe_reforces_with_an_escalating_hold(
-    read_settings: Settings, clock: FakeClock, conn: redis.Redis, sim: ZepSimulator, keys: Keys
+    read_settings: Settings, clock: FakeClock, conn: redis.Redis, sim: ZepSimulator, keys: Keys,
+    zep_api: ZepApiUnderTest,
 ) -> None:
     """Failures re-force with reason probe_failed and base × 2^n (±10 %) holds."""
-    sim.add_fault(Fault(method="GET", path="*/memory", status=503))
+    sim.add_fault(zep_api.read_fault(status=503))
     force(conn, read_settings, clock)
     prober = prober_for(read_settings, clock, conn)
     downgrades = REGISTRY.get_sample_value("memory_zep_downgrades_total",
@@ -100,19 +113,21 @@ def test_a_failed_probe_reforces_with_an_escalating_hold(
         hold = int(str(record["hold_seconds"]))
         assert record["source"] == "guard" and record["until"] == clock() + hold
         holds.append(hold)
+    assert len(sim.requests()) == 3  # one request per probe
     assert 540 <= holds[0] <= 660 and 1080 <= holds[1] <= 1320 and 2160 <= holds[2] <= 2640
     assert REGISTRY.get_sample_value("memory_zep_downgrades_total",
                                      {"reason": "probe_failed"}) == downgrades + 3
 
 
 def test_an_operator_force_during_the_probe_survives_its_success(
-    read_settings: Settings, clock: FakeClock, conn: redis.Redis, sim: ZepSimulator, keys: Keys
+    read_settings: Settings, clock: FakeClock, conn: redis.Redis, sim: ZepSimulator, keys: Keys,
+    zep_api: ZepApiUnderTest,
 ) -> None:
     """Compare-and-clear: only the record that was evaluated is removed."""
     settings = dataclasses.replace(read_settings, probe_timeout_ms=2000)
     force(conn, settings, clock)
     clock.advance(301)
-    sim.add_fault(Fault(method="GET", path="*/memory", latency_ms=300))
+    sim.add_fault(zep_api.read_fault(latency_ms=300))
     result: list[ProbeResult] = []
     thread = threading.Thread(target=lambda: result.append(
         prober_for(settings, clock, conn).run().result))
@@ -142,15 +157,17 @@ def test_a_held_lock_means_no_probe(
 
 
 def test_eight_processes_probing_at_once_make_one_call_to_zep(
-    read_settings: Settings, conn: redis.Redis, redis_url: str, sim: ZepSimulator, keys: Keys
+    read_settings: Settings, conn: redis.Redis, redis_url: str, sim: ZepSimulator, keys: Keys,
+    zep_api: ZepApiUnderTest,
 ) -> None:
     """Single flight across processes: one request, one success, the rest locked or skipped."""
     real_clock_record = modes.ForcedRecord.new(reason="auth", source="guard",
                                                now=time.time() - 400, hold_seconds=300)
     conn.set(keys.forced, real_clock_record.to_json(), px=60_000)
-    sim.add_fault(Fault(method="GET", path="*/memory", latency_ms=100))
+    sim.add_fault(zep_api.read_fault(latency_ms=100))
     children = [
-        subprocess.Popen([sys.executable, "-m", "tests.proc_probe_once", redis_url, sim.url],
+        subprocess.Popen([sys.executable, "-m", "tests.proc_probe_once", redis_url, sim.url,
+                          zep_api.version],
                          cwd=ROOT, env={**os.environ}, stdout=subprocess.PIPE,
                          stderr=subprocess.PIPE, text=True)
         for _ in range(8)
@@ -173,6 +190,7 @@ def test_the_probe_command_runs_the_logic_once(
 ) -> None:
     """`memory-worker probe`: skipped exits 0 calling nothing; after the hold it restores."""
     monkeypatch.setenv("ZEP_API_URL", sim.url)
+    monkeypatch.setenv("ZEP_API_VERSION", settings.zep_api_version)
     runner = CliRunner()
     skipped = runner.invoke(cli, ["probe"], obj={"clock": clock})
     assert skipped.exit_code == 0 and skipped.stdout.startswith("Probe: skipped")
@@ -182,6 +200,7 @@ def test_the_probe_command_runs_the_logic_once(
     done = runner.invoke(cli, ["probe"], obj={"clock": clock})
     assert done.exit_code == 0 and done.stdout.startswith("Probe: success"), done.output
     assert conn.exists(keys.forced) == 0
+    assert len(sim.requests()) == 1
 
 
 def test_the_invalidate_command_deletes_the_three_views(
