@@ -15,7 +15,8 @@ check holds:
 * the Zep outage caused exactly one downgrade and reads came back after it.
 
 What runs, all real processes: the Zep simulator; a state Redis and a broker
-Redis (private ``redis-server`` processes on free ports, append-only); a
+(private processes on free ports: a ``redis-server``, append-only, or with
+``--broker rabbitmq`` a RabbitMQ node of its own, quorum queues); a
 prefork Celery worker and Celery beat (the recovery probe); four producer
 processes calling ``enqueue_message`` and ``fetch_thread_context`` like web
 handlers. While they run, the simulator fails writes at random (20 % 5xx, 10 %
@@ -29,9 +30,11 @@ and the report lists those exits. The random faults outlast the enqueues
 until enough writes have met them (``_keep_the_weather``). The broker's
 visibility timeout stays at its default hour: what killed workers held comes
 back through the delivery ledger's sweep (``MEMORY_REDELIVER_AFTER_SECONDS``,
-short here).
+short here). On RabbitMQ the broker gives back what a dead consumer held, and
+beat does not sweep (``memory_worker.broker``): the soak checks that nothing is
+lost without it.
 
-    python -m scripts.soak --plan long [--report var/soak/report.json]
+    python -m scripts.soak --plan long [--broker rabbitmq] [--report var/soak/report.json]
 """
 
 from __future__ import annotations
@@ -64,6 +67,7 @@ from memory_worker.zep_sim.process import spawn
 from tests.processes import (
     CELERY,
     ROOT,
+    PrivateRabbit,
     PrivateRedis,
     SupervisedWorker,
     end_process,
@@ -76,6 +80,7 @@ WRITES = "/api/v2/sessions*"  # session creation and memory adds (POST)
 READS = "/api/v2/sessions/*/memory"  # context reads (GET)
 BUDGET_SLACK_MS = 25.0
 WEATHER_503_SHARE = 0.1  # the weather lasts until this many adds per message met its 5xx
+BROKERS = ("redis", "rabbitmq")
 
 
 @dataclass(frozen=True)
@@ -258,13 +263,13 @@ class Timeline:
         return now
 
 
-def run(plan: Plan, workdir: Path) -> dict[str, Any]:
+def run(plan: Plan, workdir: Path, broker: str = "redis") -> dict[str, Any]:
     if workdir.exists():
         shutil.rmtree(workdir)
     workdir.mkdir(parents=True)
     cleanup: list[Callable[[], None]] = []
     try:
-        return _run(plan, workdir, cleanup)
+        return _run(plan, workdir, cleanup, broker)
     finally:
         for undo in reversed(cleanup):
             try:
@@ -273,17 +278,24 @@ def run(plan: Plan, workdir: Path) -> dict[str, Any]:
                 print(f"soak: cleanup step failed: {exc!r}", file=sys.stderr)
 
 
-def _run(plan: Plan, workdir: Path, cleanup: list[Callable[[], None]]) -> dict[str, Any]:
+def _run(plan: Plan, workdir: Path, cleanup: list[Callable[[], None]],
+         broker_kind: str) -> dict[str, Any]:
     state = PrivateRedis(workdir / "state-redis", appendonly=True).start()
     cleanup.append(state.stop)
-    broker = PrivateRedis(workdir / "broker-redis", appendonly=True).start()
+    broker: PrivateRedis | PrivateRabbit
+    if broker_kind == "rabbitmq":
+        rabbit = PrivateRabbit(workdir / "broker-rabbitmq").start()
+        broker, broker_url = rabbit, rabbit.url()
+    else:
+        redis_broker = PrivateRedis(workdir / "broker-redis", appendonly=True).start()
+        broker, broker_url = redis_broker, redis_broker.url
     cleanup.append(broker.stop)
     sim_proc, sim_url = spawn(workdir / "zep-sim.log", KEY)
     cleanup.append(lambda: end_process(sim_proc))
     chaos = Chaos(sim_url, plan)
 
     env = project_env(
-        state.url, CELERY_BROKER_URL=broker.url, FLAG_ZEP_WRITE="true", FLAG_ZEP_READ="true",
+        state.url, CELERY_BROKER_URL=broker_url, FLAG_ZEP_WRITE="true", FLAG_ZEP_READ="true",
         ZEP_API_URL=sim_url, ZEP_API_KEY=KEY, ZEP_TIMEOUT_MS=str(plan.zep_timeout_ms),
         MEMORY_SPOOL_DIR=str(workdir / "spool"), MEMORY_DOWNGRADE_HOLD_SECONDS="2",
         MEMORY_DOWNGRADE_HOLD_MAX_SECONDS="6", MEMORY_PROBE_INTERVAL_SECONDS="1",
@@ -332,7 +344,9 @@ def _run(plan: Plan, workdir: Path, cleanup: list[Callable[[], None]]) -> dict[s
             broker.stop()
             time.sleep(2.0)
             broker.start()
-            timeline.mark("broker started again (append-only file reloaded)")
+            timeline.mark("broker started again (append-only file reloaded)"
+                          if broker_kind == "redis" else
+                          "broker started again (quorum queues recovered)")
         elif action == "outage":
             chaos.outage()
             outage["start"] = timeline.mark("Zep outage begins", seconds=plan.outage_seconds)
@@ -366,8 +380,9 @@ def _run(plan: Plan, workdir: Path, cleanup: list[Callable[[], None]]) -> dict[s
     worker.stop()
     end_process(beat)
 
-    return _report(plan, workdir, timeline, outage, weather_end, state, broker, chaos, stored,
-                   expected, exits)
+    report = _report(plan, workdir, timeline, outage, weather_end, state, broker, chaos,
+                     stored, expected, exits)
+    return {"broker": broker_kind, **report}
 
 
 def _keep_the_weather(plan: Plan, chaos: Chaos, timeline: Timeline,
@@ -416,7 +431,8 @@ def _schedule(plan: Plan) -> list[tuple[float, str]]:
 
 
 def _report(plan: Plan, workdir: Path, timeline: Timeline, outage: dict[str, float],
-            weather_end: float, state: PrivateRedis, broker: PrivateRedis, chaos: Chaos,
+            weather_end: float, state: PrivateRedis, broker: PrivateRedis | PrivateRabbit,
+            chaos: Chaos,
             stored: list[dict[str, Any]], expected: set[str],
             worker_exits: list[dict[str, Any]]) -> dict[str, Any]:
     producers = [json.loads((workdir / f"producer-{k}.json").read_text(encoding="utf-8"))
@@ -506,14 +522,16 @@ def _report(plan: Plan, workdir: Path, timeline: Timeline, outage: dict[str, flo
     return report
 
 
-def _leak_places(workdir: Path, state: PrivateRedis, broker: PrivateRedis,
+def _leak_places(workdir: Path, state: PrivateRedis, broker: PrivateRedis | PrivateRabbit,
                  stored: list[dict[str, Any]]) -> dict[str, str]:
-    """Everything the input could have leaked into, as text, by where it came from."""
+    """Everything the input could have leaked into, as text, by where it came from
+    (a RabbitMQ broker's files: its quorum queues' logs and segments, and its own logs)."""
     places = {"simulator store": json.dumps(stored)}
-    for server, name in ((state, "state"), (broker, "broker")):
+    broker_name = "broker redis" if isinstance(broker, PrivateRedis) else "broker rabbitmq"
+    for server, name in ((state, "state redis"), (broker, broker_name)):
         for path in sorted(server.directory.rglob("*")):
             if path.is_file():
-                places[f"{name} redis {path.name}"] = with_bodies(
+                places[f"{name} {path.relative_to(server.directory)}"] = with_bodies(
                     path.read_bytes().decode("utf-8", "replace"))
     for path in sorted(workdir.rglob("*")):
         if path.is_file() and (path.suffix == ".log" or "spool" in path.parts):
@@ -598,6 +616,8 @@ def _terminated(signum: int, frame: object) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--plan", choices=sorted(PLANS), default="long")
+    parser.add_argument("--broker", choices=BROKERS, default="redis",
+                        help="the broker: a private Redis (default) or a private RabbitMQ node")
     parser.add_argument("--messages", type=int, help="override the plan's message count")
     parser.add_argument("--workdir", type=Path, default=ROOT / "var" / "soak")
     parser.add_argument("--report", type=Path, help="also write the JSON report here")
@@ -610,7 +630,7 @@ def main(argv: list[str] | None = None) -> int:
         produce(plan, args.produce, args.workdir)
         return 0
     signal.signal(signal.SIGTERM, _terminated)  # tear down what was started, then exit
-    report = run(plan, args.workdir)
+    report = run(plan, args.workdir, args.broker)
     text = json.dumps(report, indent=2)
     print(text)
     if args.report:
