@@ -18,6 +18,11 @@ A counter is checked where its increment happened: in this process's registry
 when the read or the probe ran here, at ``metrics_url`` when the app or the
 beat did it (and not at all without a metrics URL).
 
+The faults go on the read routes of the stack's Zep API (``ZEP_API_VERSION``). Each
+drill thread is created in Zep through the stack's own Zep client before it is
+read, so the read reaches Zep on either API (on v4 a thread Zep has not seen
+answers ``not_found`` without a request).
+
 Cleaning up removes the drill's faults and clears the forced record the drill
 caused (``clear``, as an operator would), so drills run back to back and leave
 the deployment in its base mode. A drill refuses to start while a forced record
@@ -44,13 +49,13 @@ from memory_worker.connections import redis_client
 from memory_worker.errors import ConfigError, DrillAborted
 from memory_worker.guard import Guard
 from memory_worker.keys import Keys
-from memory_worker.observation import Samples, SimControl, http_call, scrape
+from memory_worker.observation import READ_PATHS, Samples, SimControl, http_call, scrape
 from memory_worker.probe import ProbeResult
 from memory_worker.runtime import Runtime
 from memory_worker.status import Status, read_status
+from memory_worker.zep import Failure
 
 DRILL_NAMES: tuple[str, ...] = ("auth", "timeout", "probe-fail")
-READ_PATH = "*/sessions/*/memory"
 DOWNGRADES = "memory_zep_downgrades_total"
 PROBES = "memory_probe_total"
 
@@ -122,6 +127,27 @@ class Stack:
             raise DrillAborted(f"POST {url} did not answer with trace.memory") from None
         return meta
 
+    def prepare(self, thread_id: str) -> None:
+        """Create the thread in Zep (v4: and its id mapping) so that reads of it reach Zep."""
+        try:
+            outcome = self.runtime.zep.add_session(thread_id)
+        except ConfigError as exc:
+            raise DrillAborted(f"cannot reach Zep from this process: {exc}") from None
+        if isinstance(outcome, Failure):
+            raise DrillAborted(f"creating the drill's thread in Zep failed: {outcome.reason}"
+                               + (f" ({outcome.message})" if outcome.message else ""))
+
+    def seed(self, thread_id: str, summary: str) -> None:
+        """Give a prepared thread a summary through the simulator, on the stack's API."""
+        if self.settings.zep_api_version != "v4":
+            self.sim.seed(thread_id, summary)
+            return
+        thread_uuid = self.conn.get(self.keys.zep_thread(thread_id))
+        if thread_uuid is None:
+            raise DrillAborted(f"no Zep thread is mapped for {thread_id}")
+        self.sim.seed_thread(thread_uuid if isinstance(thread_uuid, str)
+                             else bytes(thread_uuid).decode(), summary)
+
     def probe_here(self) -> ProbeResult:
         try:
             return self.runtime.prober().run().result
@@ -164,12 +190,15 @@ class _Run:
         raise DrillAborted(why)
 
     def thread(self, label: str) -> str:
+        """A thread of this drill, created in Zep (before any fault is injected)."""
         thread_id = f"drill-{self.name}-{self.token}-{label}"
         self.threads.append(thread_id)
+        self.stack.prepare(thread_id)
         return thread_id
 
     def fault(self, **spec: object) -> None:
-        self.faults.append(self.stack.sim.add_fault(method="GET", path=READ_PATH, **spec))
+        path = READ_PATHS[self.stack.settings.zep_api_version]
+        self.faults.append(self.stack.sim.add_fault(method="GET", path=path, **spec))
 
     def heal(self) -> None:
         while self.faults:
@@ -255,8 +284,8 @@ class _Run:
 
 def _auth(run: _Run) -> None:
     stack = run.stack
-    run.fault(status=401)
     thread = run.thread("t")
+    run.fault(status=401)
     meta = stack.read(thread)
     if meta.get("reason") != "auth":
         run.fail(f"the read answered source={meta.get('source')} reason={meta.get('reason')}, "
@@ -277,10 +306,11 @@ def _timeout(run: _Run) -> None:
     if before:
         Guard(stack.conn, settings, keys=stack.keys, clock=stack.clock).reset_failures()
         run.note(f"failure counter reset (was {before})")
+    threads = [run.thread(str(n)) for n in range(1, threshold + 1)]
     run.fault(latency_ms=budget + max(250, budget))
     slowest = 0.0
-    for n in range(1, threshold + 1):
-        meta = stack.read(run.thread(str(n)))
+    for n, thread in enumerate(threads, 1):
+        meta = stack.read(thread)
         if meta.get("reason") != "timeout":
             run.fail(f"read {n} answered source={meta.get('source')} "
                      f"reason={meta.get('reason')}, not timeout")
@@ -342,7 +372,7 @@ def _probe_fail(run: _Run) -> None:
         run.fail(f"reads not restored after Zep healed ({how}): "
                  f"forced reason={status.forced.reason}")
     thread = run.thread("t")
-    stack.sim.seed(thread, summary="probe drill")
+    stack.seed(thread, summary="probe drill")
     meta = stack.read(thread)
     if not meta.get("used"):
         run.fail(f"a read after recovery answered source={meta.get('source')} "

@@ -35,8 +35,17 @@ def http_call(method: str, url: str, body: object = None) -> tuple[int, bytes]:
         raise DrillAborted(f"{method} {url} failed: {getattr(exc, 'reason', exc)}") from None
 
 
+# The routes each Zep API reads through (fault globs: ``*`` crosses ``/``). v4's cover
+# the probe's ``GET /api/v4/threads/{uuid}``, as v2's probe is a memory read.
+READ_PATHS = {"v2": "*/sessions/*/memory", "v4": "/api/v4/threads/*"}
+
+
 class SimControl:
-    """The simulator's control API (``/_sim``): faults and seeds."""
+    """The simulator's control API (``/_sim``): faults, seeds and what Zep stores.
+
+    v2 sessions are named by the project's ``thread_id``; v4 threads by the uuid Zep
+    assigned (``messages_of`` finds them by the ``thread_id`` in their messages' metadata).
+    """
 
     def __init__(self, base_url: str) -> None:
         self.base_url = base_url.rstrip("/")
@@ -58,7 +67,34 @@ class SimControl:
         self._call("DELETE", f"/faults/{fault_id}")
 
     def seed(self, session_id: str, summary: str) -> None:
+        """Give a v2 session (created when missing) a summary."""
         self._call("POST", f"/sessions/{session_id}/seed", {"summary": summary})
+
+    def seed_thread(self, thread_uuid: str, summary: str) -> None:
+        """Give an existing v4 thread a summary."""
+        self._call("POST", f"/v4/threads/{thread_uuid}/seed", {"summary": summary})
+
+    def session_messages(self, session_id: str) -> list[dict[str, Any]]:
+        """The messages of a v2 session, oldest first."""
+        return list(self._call("GET", f"/sessions/{session_id}/messages")["messages"])
+
+    def threads(self) -> list[dict[str, Any]]:
+        """Every v4 thread, oldest first."""
+        return list(self._call("GET", "/v4/threads")["threads"])
+
+    def thread_messages(self, thread_uuid: str) -> list[dict[str, Any]]:
+        """The messages of a v4 thread, oldest first."""
+        return list(self._call("GET", f"/v4/threads/{thread_uuid}/messages")["messages"])
+
+    def messages_of(self, thread_id: str, zep_api_version: str) -> list[dict[str, Any]]:
+        """The messages Zep holds for the project's ``thread_id`` on that API, oldest first."""
+        if zep_api_version != "v4":
+            return self.session_messages(thread_id)
+        found: list[dict[str, Any]] = []
+        for thread in self.threads():
+            found.extend(m for m in self.thread_messages(str(thread["uuid"]))
+                         if (m.get("metadata") or {}).get("thread_id") == thread_id)
+        return found
 
 
 @dataclass(frozen=True)

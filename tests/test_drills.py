@@ -1,4 +1,8 @@
-"""The drills against the Zep simulator and a real Redis, with holds of a second or two."""
+"""The drills against the Zep simulator and a real Redis, with holds of a second or two.
+
+They run on both Zep APIs: the faults go on the stack's read routes, its threads are
+created through its own Zep client.
+"""
 
 from __future__ import annotations
 
@@ -23,6 +27,7 @@ from tests.processes import celery_process, project_env, worker_args
 from tests.test_chat_app import served_app
 
 SHORT_HOLDS = {"MEMORY_DOWNGRADE_HOLD_SECONDS": "1", "MEMORY_DOWNGRADE_HOLD_MAX_SECONDS": "60"}
+pytestmark = pytest.mark.zep_apis
 
 
 @pytest.fixture
@@ -39,9 +44,10 @@ def stack(drill_settings: Settings, sim: ZepSimulator, conn: redis.Redis) -> Ite
 
 
 @pytest.fixture
-def drill_env(cli_env: dict[str, str], sim: ZepSimulator, monkeypatch: pytest.MonkeyPatch
-              ) -> dict[str, str]:
-    for name, value in {"ZEP_API_URL": sim.url, **SHORT_HOLDS}.items():
+def drill_env(cli_env: dict[str, str], sim: ZepSimulator, monkeypatch: pytest.MonkeyPatch,
+              zep_api_version: str) -> dict[str, str]:
+    for name, value in {"ZEP_API_URL": sim.url, "ZEP_API_VERSION": zep_api_version,
+                        **SHORT_HOLDS}.items():
         monkeypatch.setenv(name, value)
     return cli_env
 
@@ -171,11 +177,12 @@ def test_an_unknown_drill_is_a_usage_error(drill_env: dict[str, str]) -> None:
 @pytest.mark.slow
 def test_probe_fail_can_wait_for_the_real_beat(
     drill_env: dict[str, str], redis_url: str, conn: redis.Redis, sim: ZepSimulator,
-    tmp_path: Path
+    tmp_path: Path, zep_api_version: str,
 ) -> None:
     """--wait-for-beat: a real worker and beat re-force, then restore; the drill only watches."""
     env = project_env(redis_url, FLAG_ZEP_WRITE="true", FLAG_ZEP_READ="true",
                       ZEP_API_URL=sim.url, ZEP_API_KEY="test-key",
+                      ZEP_API_VERSION=zep_api_version,
                       MEMORY_PROBE_INTERVAL_SECONDS="1", **SHORT_HOLDS)
     beat_args = ["beat", "--loglevel=INFO", f"--schedule={tmp_path / 'beat-schedule'}"]
     with celery_process(worker_args("drill"), env, tmp_path / "worker.log"), \
