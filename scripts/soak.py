@@ -498,7 +498,10 @@ def _report(plan: Plan, workdir: Path, timeline: Timeline, outage: dict[str, flo
                    "reads_back_after_s": round(back[0][0] - outage["end"], 2) if back else None},
         "zep": {"requests": len(requests), "by_status": statuses,
                 "writes": write_phases(requests, outage, weather_end),
-                "worker_duplicate_uuid_answers": duplicate_refusals},
+                "worker_duplicate_uuid_answers": duplicate_refusals,
+                # Adds stored before their answer was lost, found by the retry's look at
+                # the thread's latest messages (and not sent again).
+                "found_landed": len(_events(workdir / "worker.log", "zep_write_found_landed"))},
         "circuit_opened": [
             {"at_s": round(_epoch(e) - timeline.started, 2), "reason": e.get("reason")}
             for e in _events(workdir / "worker.log", "memory_circuit_opened")],
