@@ -53,7 +53,7 @@ from memory_worker.messages import (
     validate,
 )
 from memory_worker.modes import base_mode
-from memory_worker.redaction import RedactionCounts, Redactor
+from memory_worker.redaction import RedactionCounts, Redactor, phone_plan
 from memory_worker.spool import DrainReport, Outbox, Record
 
 log = logging.getLogger("memory_worker.enqueue")
@@ -118,6 +118,9 @@ class Publisher:
         self._redact = Redactor(redact_email=settings.redact_email,
                                 redact_phone=settings.redact_phone,
                                 redact_address=settings.redact_address)
+        if settings.redact_phone:  # off the caller's path: a hostile first message pays nothing
+            threading.Thread(target=phone_plan.warm, name="memory-redaction-warm",
+                             daemon=True).start()
         self._broker_down_until = 0.0
         self._redis_down_until = 0.0
         self._drainer: threading.Thread | None = None
