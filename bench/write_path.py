@@ -9,7 +9,7 @@ Prints one JSON object with
 Targets: throughput >= 1.0 x the bare task; enqueue p50 <= 1.15 x bare delay().
 Exits 1 when one is missed.
 
-Usage: .venv/bin/python bench/write_path.py [--messages N] [--concurrency C]
+Usage: .venv/bin/python bench/write_path.py [--messages N] [--concurrency C] [--rounds R]
 Uses database 13 of REDIS_URL's host (flushed) as broker and state.
 """
 
@@ -126,6 +126,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--messages", type=int, default=600)
     parser.add_argument("--concurrency", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=2,
+                        help="throughput runs of each kind, alternating")
     opts = parser.parse_args()
     n: int = opts.messages
 
@@ -139,7 +141,7 @@ def main() -> None:
            "FLAG_ZEP_READ": "true", "ZEP_API_URL": sim_url, "ZEP_API_KEY": KEY,
            "MEMORY_SPOOL_DIR": str(tmp / "spool"), "MEMORY_LOG_FORMAT": "json"}
     settings = Settings.from_env(env)
-    for thread in ("bench-mirror", "bench-bare", "bench-enqueue", "bench-delay"):
+    for thread in ("bench-enqueue", "bench-delay"):
         httpx.post(f"{sim_url}/_sim/sessions/{thread}/seed", json={}, timeout=5)
     worker_args = ["worker", "--loglevel=WARNING", "--pool=prefork", "-Q", "memory_writes",
                    f"--concurrency={opts.concurrency}", "--without-mingle", "--without-gossip"]
@@ -162,34 +164,51 @@ def main() -> None:
         # Drop what was published, but keep kombu's queue bindings (a flush would lose them).
         conn.delete("memory_writes")
 
-        # Throughput: the queue is filled first, then one worker drains it.
+        # Throughput: the queue is filled first, then one worker drains it. Timed from
+        # the first message stored to the last (the worker's start-up left out), in
+        # rounds ordered bare, mirror, mirror, bare..., so that a machine whose load
+        # changes during the run weighs on both alike.
         def run(label: str, fill: Any, worker_app: str, thread: str) -> float:
-            fill()
+            fill(thread)
             proc = start([celery, "-A", worker_app, *worker_args], env, tmp / f"{label}.log")
-            started = time.monotonic()
             try:
-                finished = wait_stored(sim_url, thread, n)
+                first = wait_stored(sim_url, thread, 1)
+                last = wait_stored(sim_url, thread, n)
             finally:
                 stop(proc)
-            return n / (finished - started)
+            return (n - 1) / max(last - first, 1e-3)
 
-        def fill_mirror() -> None:
+        def fill_mirror(thread: str) -> None:
             for i in range(n):
-                publisher.enqueue("bench-mirror", "user", f"message {i} about a 2+1 flat",
-                                  f"m-{i}")
+                publisher.enqueue(thread, "user", f"message {i} about a 2+1 flat",
+                                  f"{thread}-{i}")
 
-        def fill_bare() -> None:
+        def fill_bare(thread: str) -> None:
             for i in range(n):
-                app.tasks[BARE_TASK].delay("bench-bare", {
+                app.tasks[BARE_TASK].delay(thread, {
                     "uuid": str(uuid.uuid4()), "role": "user", "role_type": "user",
                     "content": f"message {i} about a 2+1 flat"})
 
-        bare_rate = run("bare", fill_bare, "bench.write_path:BENCH_APP", "bench-bare")
-        mirror_rate = run("mirror", fill_mirror, "memory_worker", "bench-mirror")
+        rates: dict[str, list[float]] = {"bare": [], "mirror": []}
+        for round_ in range(opts.rounds):
+            order = ("bare", "mirror") if round_ % 2 == 0 else ("mirror", "bare")
+            for label in order:
+                thread = f"bench-{label}-{round_}"
+                httpx.post(f"{sim_url}/_sim/sessions/{thread}/seed", json={}, timeout=5)
+                if label == "bare":
+                    rates[label].append(run(f"bare-{round_}", fill_bare,
+                                            "bench.write_path:BENCH_APP", thread))
+                else:
+                    rates[label].append(run(f"mirror-{round_}", fill_mirror, "memory_worker",
+                                            thread))
+        bare_rate = statistics.median(rates["bare"])
+        mirror_rate = statistics.median(rates["mirror"])
         enqueue, delay = percentiles(enqueue_s), percentiles(delay_s)
         report.update({
             "throughput_msgs_per_s": {"mirror": round(mirror_rate, 1),
-                                      "bare_task": round(bare_rate, 1)},
+                                      "bare_task": round(bare_rate, 1),
+                                      "rounds": {k: [round(r, 1) for r in v]
+                                                 for k, v in rates.items()}},
             "enqueue_latency": {"enqueue_message": enqueue, "bare_delay": delay},
             "ratios": {
                 "throughput_mirror_over_bare": round(mirror_rate / bare_rate, 3),
