@@ -43,7 +43,24 @@ def _fields(record: logging.LogRecord) -> dict[str, Any]:
     for name, value in record.__dict__.items():
         if name not in _STANDARD_ATTRS and name != "event_fields":
             fields.setdefault(name, value)
-    return {k: ("[withheld]" if k.lower() in _WITHHELD else v) for k, v in fields.items()}
+    shown = {k: ("[withheld]" if k.lower() in _WITHHELD else v) for k, v in fields.items()}
+    shown.update(_trace_ids())
+    return shown
+
+
+def _trace_ids() -> dict[str, str]:
+    """``trace_id`` and ``span_id`` of the recording span the line is written in, if any.
+
+    Only when something in the process imported OpenTelemetry: no import, no cost, here.
+    """
+    trace = sys.modules.get("opentelemetry.trace")
+    if trace is None:
+        return {}
+    current = trace.get_current_span()
+    if not current.is_recording():
+        return {}
+    ids = current.get_span_context()
+    return {"trace_id": f"{ids.trace_id:032x}", "span_id": f"{ids.span_id:016x}"}
 
 
 class JsonFormatter(logging.Formatter):
