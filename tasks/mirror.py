@@ -16,7 +16,7 @@ from typing import Any
 import redis
 from celery.exceptions import Reject, SoftTimeLimitExceeded
 
-from memory_worker import dlq
+from memory_worker import dlq, tracing
 from memory_worker.celery_app import MIRROR_TASK, app
 from memory_worker.errors import StateUnavailable
 from memory_worker.logs import log_event
@@ -31,7 +31,10 @@ log = logging.getLogger("memory_worker.tasks.mirror")
           reject_on_worker_lost=True, max_retries=None, ignore_result=True)
 def mirror_message(self: Any, payload: dict[str, Any], failures: int = 0) -> dict[str, Any]:
     runtime = default_runtime()
-    verdict = _attempt(runtime, payload, failures, int(self.request.retries or 0))
+    retries = int(self.request.retries or 0)
+    with tracing.span("memory.mirror_message", failures=failures, retries=retries) as current:
+        verdict = _attempt(runtime, payload, failures, retries)
+        _record(current, verdict)
     client_msg_id = str(payload.get("client_msg_id", "")) if isinstance(payload, dict) else ""
     if isinstance(verdict, DeadLetter):
         try:
@@ -57,6 +60,16 @@ def mirror_message(self: Any, payload: dict[str, Any], failures: int = 0) -> dic
         log_event(log, "zep_write_retry_unpublished", logging.WARNING,
                   client_msg_id=client_msg_id, error=type(exc.reason).__name__)
         raise Reject(exc.reason, requeue=True) from None
+
+
+def _record(current: Any, verdict: Verdict) -> None:
+    """The attempt's outcome on its span: ``stored``, ``already_done``, ``retry`` or
+    ``dead_letter``, with the reason and status code of a failure."""
+    if isinstance(verdict, Done):
+        tracing.record(current, outcome=verdict.status)
+    else:
+        tracing.record(current, outcome="retry" if isinstance(verdict, Retry) else "dead_letter",
+                       reason=verdict.reason, status_code=verdict.status_code)
 
 
 def _postpone(runtime: Runtime, client_msg_id: str, countdown: float) -> None:
