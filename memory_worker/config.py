@@ -76,6 +76,17 @@ def _url(*schemes: str) -> Callable[[str], str]:
     return parse
 
 
+def _url_list(*schemes: str) -> Callable[[str], str]:
+    """One URL, or a failover list of them joined by ``;`` (kombu's form, and the only
+    form of its ``sentinel://`` transport: one URL per sentinel)."""
+    one = _url(*schemes)
+
+    def parse(raw: str) -> str:
+        return ";".join(one(part) for part in raw.split(";"))
+
+    return parse
+
+
 def _choice(*choices: str) -> Callable[[str], str]:
     def parse(raw: str) -> str:
         value = raw.strip().lower()
@@ -93,8 +104,28 @@ def _basic_auth(raw: str) -> str:
     return raw
 
 
+def _host_ports(raw: str) -> str:
+    """``host:port[,host:port...]`` (an IPv6 host in brackets), normalized: no blanks."""
+    addresses = [part.strip() for part in raw.split(",")]
+    if not any(addresses):
+        raise ValueError("expected host:port[,host:port...], got nothing")
+    for address in addresses:
+        host, sep, port = address.rpartition(":")
+        if not sep or not host.strip("[]") or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ValueError(f"expected host:port with a port from 1 to 65535, got {address!r}")
+    return ",".join(addresses)
+
+
+def _service_name(raw: str) -> str:
+    value = raw.strip()
+    if not value or any(c.isspace() for c in value):
+        raise ValueError(f"expected a Sentinel service name without blanks, got {raw!r}")
+    return value
+
+
 _REDIS_SCHEMES = ("redis", "rediss", "unix")
-_BROKER_SCHEMES = ("redis", "rediss", "amqp", "amqps", "pyamqp", "memory")
+_SENTINEL_REDIS_SCHEMES = ("redis", "rediss")  # Sentinel names a host and port, never a socket
+_BROKER_SCHEMES = ("redis", "rediss", "sentinel", "amqp", "amqps", "pyamqp", "memory")
 
 
 @dataclass(frozen=True)
@@ -128,7 +159,13 @@ class Settings:
     broker_visibility_timeout_seconds: int = 3600
     redeliver_after_seconds: int = 600
     redis_url: str = "redis://127.0.0.1:6379/0"
+    # A Sentinel-managed state Redis: the sentinels (``host:port,...``) and the
+    # service name they know its master by; REDIS_URL then gives only the
+    # database, user, password and TLS (its host and port are not used).
+    redis_sentinels: str | None = None
+    redis_sentinel_master: str | None = None
     celery_broker_url: str | None = None
+    celery_broker_sentinel_master: str | None = None
     key_prefix: str = "mem:"
     spool_dir: str = "./var/spool"
     prometheus_multiproc_dir: str | None = None
@@ -137,7 +174,31 @@ class Settings:
 
     @property
     def broker_url(self) -> str:
-        return self.celery_broker_url or self.redis_url
+        """``CELERY_BROKER_URL``, else the state Redis: through its sentinels when it has
+        them (kombu's ``sentinel://`` transport, one URL per sentinel joined by ``;``)."""
+        if self.celery_broker_url:
+            return self.celery_broker_url
+        if self.redis_sentinels:
+            # kombu takes the credentials and database from the first URL only.
+            parts = urlsplit(self.redis_url)
+            auth, at, _ = parts.netloc.rpartition("@")
+            first, *others = self.redis_sentinels.split(",")
+            return ";".join([urlunsplit(("sentinel", f"{auth}{at}{first}", parts.path, "", "")),
+                             *(f"sentinel://{address}" for address in others)])
+        return self.redis_url
+
+    @property
+    def broker_sentinel_master(self) -> str | None:
+        """The service name a ``sentinel://`` broker's master is known by."""
+        return self.celery_broker_sentinel_master or self.redis_sentinel_master
+
+    @property
+    def sentinel_addresses(self) -> tuple[tuple[str, int], ...]:
+        """``REDIS_SENTINELS`` as (host, port) pairs; empty without Sentinel."""
+        if not self.redis_sentinels:
+            return ()
+        pairs = (address.rpartition(":") for address in self.redis_sentinels.split(","))
+        return tuple((host.strip("[]"), int(port)) for host, _, port in pairs)
 
     @property
     def grace_seconds(self) -> int:
@@ -169,7 +230,7 @@ class Settings:
 
     def with_broker_url(self, url: str) -> Settings:
         try:
-            parsed = _url(*_BROKER_SCHEMES)(url)
+            parsed = _url_list(*_BROKER_SCHEMES)(url)
         except ValueError as exc:
             raise ConfigError("CELERY_BROKER_URL", str(exc)) from None
         return dataclasses.replace(self, celery_broker_url=parsed)
@@ -187,6 +248,26 @@ class Settings:
                 "MEMORY_DOWNGRADE_HOLD_MAX_SECONDS",
                 f"must be at least MEMORY_DOWNGRADE_HOLD_SECONDS ({self.downgrade_hold_seconds})",
             )
+        if bool(self.redis_sentinels) != bool(self.redis_sentinel_master):
+            given, missing = (("REDIS_SENTINELS", "REDIS_SENTINEL_MASTER") if self.redis_sentinels
+                              else ("REDIS_SENTINEL_MASTER", "REDIS_SENTINELS"))
+            raise ConfigError(missing, f"required when {given} is set (both or neither)")
+        if (self.redis_sentinels
+                and urlsplit(self.redis_url).scheme not in _SENTINEL_REDIS_SCHEMES):
+            raise ConfigError("REDIS_URL", "must be a redis:// or rediss:// URL when "
+                                           "REDIS_SENTINELS is set (Sentinel names a host "
+                                           "and port)")
+        if (self.redis_sentinels and not self.celery_broker_url
+                and urlsplit(self.redis_url).scheme == "rediss"):
+            # kombu's sentinel:// transport takes TLS from Celery's broker_use_ssl, not a URL.
+            raise ConfigError("CELERY_BROKER_URL", "required when REDIS_URL is rediss:// and "
+                                                   "REDIS_SENTINELS is set (the broker through "
+                                                   "the sentinels would not use TLS)")
+        if (urlsplit(self.broker_url.split(";", 1)[0]).scheme == "sentinel"
+                and not self.broker_sentinel_master):
+            raise ConfigError("CELERY_BROKER_SENTINEL_MASTER",
+                              "required for a sentinel:// CELERY_BROKER_URL "
+                              "(or set REDIS_SENTINEL_MASTER)")
         if 0 < self.read_timeout_ms <= self.latency_downgrade_ms:
             # A read never takes longer than its budget: such a threshold could never fire.
             raise ConfigError(
@@ -209,7 +290,8 @@ class Settings:
 _SECRETS = frozenset({"zep_api_key", "flower_basic_auth"})
 _OPTIONAL_WHEN_EMPTY = frozenset(
     {"zep_api_url", "zep_api_key", "celery_broker_url", "prometheus_multiproc_dir",
-     "flower_basic_auth"}
+     "flower_basic_auth", "redis_sentinels", "redis_sentinel_master",
+     "celery_broker_sentinel_master"}
 )
 
 _VARIABLES: dict[str, tuple[str, Callable[[str], Any]]] = {
@@ -240,7 +322,10 @@ _VARIABLES: dict[str, tuple[str, Callable[[str], Any]]] = {
     "MEMORY_BROKER_VISIBILITY_TIMEOUT_SECONDS": ("broker_visibility_timeout_seconds", _integer(1)),
     "MEMORY_REDELIVER_AFTER_SECONDS": ("redeliver_after_seconds", _integer(1)),
     "REDIS_URL": ("redis_url", _url(*_REDIS_SCHEMES)),
-    "CELERY_BROKER_URL": ("celery_broker_url", _url(*_BROKER_SCHEMES)),
+    "REDIS_SENTINELS": ("redis_sentinels", _host_ports),
+    "REDIS_SENTINEL_MASTER": ("redis_sentinel_master", _service_name),
+    "CELERY_BROKER_URL": ("celery_broker_url", _url_list(*_BROKER_SCHEMES)),
+    "CELERY_BROKER_SENTINEL_MASTER": ("celery_broker_sentinel_master", _service_name),
     "MEMORY_KEY_PREFIX": ("key_prefix", _text),
     "MEMORY_SPOOL_DIR": ("spool_dir", _text),
     "PROMETHEUS_MULTIPROC_DIR": ("prometheus_multiproc_dir", _text),

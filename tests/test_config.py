@@ -35,7 +35,10 @@ BAD_VALUES = {
     "MEMORY_BROKER_VISIBILITY_TIMEOUT_SECONDS": "0",
     "MEMORY_REDELIVER_AFTER_SECONDS": "soon",
     "REDIS_URL": "localhost:6379",
+    "REDIS_SENTINELS": "sentinel-a:26379,sentinel-b",
+    "REDIS_SENTINEL_MASTER": "my master",
     "CELERY_BROKER_URL": "kafka://broker",
+    "CELERY_BROKER_SENTINEL_MASTER": "queue master",
     "MEMORY_KEY_PREFIX": " ",
     "MEMORY_SPOOL_DIR": "",
     "PROMETHEUS_MULTIPROC_DIR": None,  # empty means unset; any path is accepted
@@ -174,3 +177,64 @@ def test_a_bad_url_is_named_without_its_password(variable: str, bad: str) -> Non
         Settings.from_env({variable: bad})
     assert info.value.variable == variable
     assert "s3cr3t-pw" not in str(info.value) and "***" in str(info.value)
+
+
+SENTINELS = {"REDIS_SENTINELS": "10.0.0.1:26379, 10.0.0.2:26379,[::1]:26380",
+             "REDIS_SENTINEL_MASTER": "memory"}
+
+
+def test_sentinels_are_read_as_host_port_pairs_and_the_broker_follows_them() -> None:
+    """REDIS_SENTINELS and REDIS_SENTINEL_MASTER select the Sentinel-managed master; with
+    CELERY_BROKER_URL unset the broker is the same master through kombu's sentinel://,
+    the credentials and database of REDIS_URL on the first URL only."""
+    s = Settings.from_env({**SENTINELS, "REDIS_URL": "redis://app:s3cr3t@ignored:6379/4"})
+    assert s.sentinel_addresses == (("10.0.0.1", 26379), ("10.0.0.2", 26379), ("::1", 26380))
+    assert s.redis_sentinel_master == s.broker_sentinel_master == "memory"
+    assert s.broker_url == ("sentinel://app:s3cr3t@10.0.0.1:26379/4;"
+                            "sentinel://10.0.0.2:26379;sentinel://[::1]:26380")
+    assert Settings.from_env({}).sentinel_addresses == ()
+
+
+@pytest.mark.parametrize("given", ["REDIS_SENTINELS", "REDIS_SENTINEL_MASTER"])
+def test_sentinels_and_their_master_name_come_together(given: str) -> None:
+    """One without the other is refused, naming the one missing."""
+    with pytest.raises(ConfigError) as info:
+        Settings.from_env({given: SENTINELS[given]})
+    missing = ({"REDIS_SENTINELS", "REDIS_SENTINEL_MASTER"} - {given}).pop()
+    assert info.value.variable == missing and "both or neither" in str(info.value)
+
+
+@pytest.mark.parametrize("bad", ["sentinel-a", "sentinel-a:0", "sentinel-a:65536",
+                                 "a:26379,,b:26379", ":26379", "a:2637x"])
+def test_a_sentinel_address_needs_a_host_and_a_numeric_port(bad: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        Settings.from_env({**SENTINELS, "REDIS_SENTINELS": bad})
+    assert info.value.variable == "REDIS_SENTINELS"
+
+
+def test_with_sentinels_redis_url_must_name_a_tcp_server() -> None:
+    """Sentinel names a host and port: a Unix socket URL cannot be its master."""
+    with pytest.raises(ConfigError) as info:
+        Settings.from_env({**SENTINELS, "REDIS_URL": "unix://localhost/run/redis.sock"})
+    assert info.value.variable == "REDIS_URL"
+
+
+def test_a_tls_state_redis_behind_sentinels_needs_an_explicit_broker() -> None:
+    """The broker derived from the sentinels would not use TLS: refused, not downgraded."""
+    tls = {**SENTINELS, "REDIS_URL": "rediss://:s3cr3t@ignored:6380/0"}
+    with pytest.raises(ConfigError) as info:
+        Settings.from_env(tls)
+    assert info.value.variable == "CELERY_BROKER_URL" and "s3cr3t" not in str(info.value)
+    explicit = Settings.from_env({**tls, "CELERY_BROKER_URL": "rediss://:pw@broker:6380/0"})
+    assert explicit.broker_url == "rediss://:pw@broker:6380/0"
+
+
+def test_a_sentinel_broker_needs_a_master_name() -> None:
+    """kombu's sentinel:// transport polls the master of a name: without one, refused."""
+    broker = {"CELERY_BROKER_URL": "sentinel://s1:26379;sentinel://s2:26379"}
+    with pytest.raises(ConfigError) as info:
+        Settings.from_env(broker)
+    assert info.value.variable == "CELERY_BROKER_SENTINEL_MASTER"
+    named = Settings.from_env({**broker, "CELERY_BROKER_SENTINEL_MASTER": "queues"})
+    assert named.broker_url == broker["CELERY_BROKER_URL"]
+    assert named.broker_sentinel_master == "queues"
