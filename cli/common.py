@@ -27,7 +27,7 @@ from redis.connection import parse_url
 
 from memory_worker.clock import Clock, system_clock
 from memory_worker.config import Settings
-from memory_worker.connections import redis_client
+from memory_worker.connections import state_client
 from memory_worker.errors import ConfigError, StateUnavailable
 from memory_worker.keys import Keys
 
@@ -73,7 +73,7 @@ class Ops:
 
     @functools.cached_property
     def conn(self) -> redis.Redis:
-        return redis_client(self.settings.redis_url)
+        return state_client(self.settings)
 
     @functools.cached_property
     def send(self) -> Send:

@@ -7,6 +7,9 @@ from urllib.parse import urlsplit, urlunsplit
 
 import redis
 
+from memory_worker.config import Settings
+from memory_worker.redis_clients import state_redis
+
 # Operators and workers can wait for Redis longer than the read path can
 # (runtime.READ_PATH_REDIS_TIMEOUT_S), but never forever.
 OPS_SOCKET_TIMEOUT_S = 2.0
@@ -29,6 +32,24 @@ def redis_client(url: str, socket_timeout: float = OPS_SOCKET_TIMEOUT_S) -> redi
         decode_responses=True,
         health_check_interval=30,
     )
+
+
+def state_client(settings: Settings, socket_timeout: float = OPS_SOCKET_TIMEOUT_S) -> redis.Redis:
+    """``redis_client`` of the state Redis as configured: ``REDIS_URL``'s server, or the
+    master Sentinel names (``memory_worker.redis_clients``)."""
+    if not settings.redis_sentinels:
+        return redis_client(settings.redis_url, socket_timeout)
+    return _sentinel_client(settings.redis_url, settings.redis_sentinels,
+                            settings.redis_sentinel_master, socket_timeout)
+
+
+@functools.lru_cache(maxsize=16)
+def _sentinel_client(url: str, sentinels: str, master: str | None,
+                     socket_timeout: float) -> redis.Redis:
+    settings = Settings(redis_url=url, redis_sentinels=sentinels, redis_sentinel_master=master)
+    return state_redis(settings, socket_timeout=socket_timeout,
+                       socket_connect_timeout=socket_timeout, decode_responses=True,
+                       health_check_interval=30)
 
 
 def as_text(value: object) -> str | None:

@@ -28,8 +28,11 @@ from typing import Any
 
 import redis
 from redis.backoff import NoBackoff
-from redis.connection import AbstractConnection, parse_url
+from redis.connection import AbstractConnection
 from redis.retry import Retry
+
+from memory_worker.config import Settings
+from memory_worker.redis_clients import state_pool
 
 # time.monotonic() by which the current thread's or task's command must be done.
 _DEADLINE: contextvars.ContextVar[float | None] = contextvars.ContextVar(
@@ -51,7 +54,7 @@ def within(seconds: float) -> Iterator[None]:
 
 
 class _DeadlineWaits(AbstractConnection):
-    """Mixed into the connection class the URL names (TCP, TLS or Unix socket)."""
+    """Mixed into the backend's connection class (TCP, TLS, Unix socket, Sentinel-managed)."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -80,13 +83,17 @@ class _DeadlineWaits(AbstractConnection):
         return super().read_response(*args, **kwargs)
 
 
-def deadline_client(url: str, timeout_seconds: float) -> redis.Redis:
-    """A client of ``url`` (strings decoded, no retries) for commands run ``within`` a time."""
-    options: dict[str, Any] = parse_url(url)  # type: ignore[no-untyped-call]
-    base: type[AbstractConnection] = options.get("connection_class", redis.Connection)
-    bounded = type(f"Deadline{base.__name__}", (_DeadlineWaits, base), {})
-    pool = redis.ConnectionPool.from_url(
-        url, connection_class=bounded, decode_responses=True, retry=Retry(NoBackoff(), 0),
+def deadline_client(settings: Settings, timeout_seconds: float) -> redis.Redis:
+    """A client of the state Redis (strings decoded, no retries) for commands run
+    ``within`` a time."""
+    pool = state_pool(
+        settings, _bounded, decode_responses=True, retry=Retry(NoBackoff(), 0),
         socket_timeout=timeout_seconds, socket_connect_timeout=timeout_seconds,
     )
     return redis.Redis(connection_pool=pool)
+
+
+def _bounded(base: type[AbstractConnection]) -> type[AbstractConnection]:
+    """``base`` (the connection class of the backend: TCP, TLS, Unix socket, Sentinel's)
+    with every wait bounded by the deadline."""
+    return type(f"Deadline{base.__name__}", (_DeadlineWaits, base), {})

@@ -45,7 +45,7 @@ from prometheus_client import REGISTRY
 from memory_worker import cache, modes
 from memory_worker.clock import Clock, system_clock
 from memory_worker.config import Settings
-from memory_worker.connections import redis_client
+from memory_worker.connections import state_client
 from memory_worker.errors import ConfigError, DrillAborted
 from memory_worker.guard import Guard
 from memory_worker.keys import Keys
@@ -94,7 +94,7 @@ class Stack:
     _runtime: Runtime | None = field(default=None, init=False)
 
     def __post_init__(self) -> None:
-        self.conn = redis_client(self.settings.redis_url)
+        self.conn = state_client(self.settings)
         self.keys = Keys(self.settings.key_prefix)
 
     @property

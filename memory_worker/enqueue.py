@@ -54,6 +54,7 @@ from memory_worker.messages import (
 )
 from memory_worker.modes import base_mode
 from memory_worker.redaction import RedactionCounts, Redactor, phone_plan
+from memory_worker.redis_clients import state_redis
 from memory_worker.spool import DrainReport, Outbox, Record
 
 log = logging.getLogger("memory_worker.enqueue")
@@ -93,10 +94,10 @@ class EnqueueResult:
     redactions: dict[str, int] = field(default_factory=dict)
 
 
-def enqueue_redis(url: str) -> redis.Redis:
+def enqueue_redis(settings: Settings) -> redis.Redis:
     """The enqueue path's Redis client: bounded timeouts, one retry after a short pause."""
-    return redis.Redis.from_url(
-        url, decode_responses=True, socket_timeout=ENQUEUE_REDIS_TIMEOUT_S,
+    return state_redis(
+        settings, decode_responses=True, socket_timeout=ENQUEUE_REDIS_TIMEOUT_S,
         socket_connect_timeout=ENQUEUE_REDIS_TIMEOUT_S / 2,
         retry=Retry(ExponentialBackoff(cap=0.1, base=0.02), 1),
         health_check_interval=30,

@@ -78,7 +78,7 @@ from prometheus_client.registry import Collector
 from memory_worker import dlq, metrics
 from memory_worker.clock import Clock, system_clock
 from memory_worker.config import Settings
-from memory_worker.connections import redis_client
+from memory_worker.connections import state_client
 from memory_worker.errors import ConfigError
 from memory_worker.keys import Keys
 from memory_worker.logs import log_event
@@ -108,8 +108,7 @@ def live_state_reader(settings: Settings, conn: redis.Redis | None = None,
     base = base_mode(write=settings.flag_zep_write, read=settings.flag_zep_read)
 
     def read() -> tuple[str, int]:
-        client = conn if conn is not None else redis_client(settings.redis_url,
-                                                            LIVE_READ_TIMEOUT_S)
+        client = conn if conn is not None else state_client(settings, LIVE_READ_TIMEOUT_S)
         forced = get_forced(client, keys, now=clock(), grace_seconds=settings.grace_seconds)
         return effective_mode(base, forced).value, dlq.size(client, keys)
 

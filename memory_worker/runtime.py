@@ -30,7 +30,6 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, cast
 
 import redis
-import redis.asyncio as aredis
 from redis.asyncio.retry import Retry as AsyncRetry
 from redis.backoff import NoBackoff
 from redis.retry import Retry
@@ -38,7 +37,7 @@ from redis.retry import Retry
 from memory_worker import logs, metrics, tracing
 from memory_worker.clock import Clock, system_clock
 from memory_worker.config import Settings
-from memory_worker.connections import redis_client
+from memory_worker.connections import state_client
 from memory_worker.deadline_redis import deadline_client, within
 from memory_worker.enqueue import EnqueueResult, Publisher, enqueue_redis
 from memory_worker.fallback import LocalGuard
@@ -61,6 +60,7 @@ from memory_worker.reader import (
     Step,
     ZepRead,
 )
+from memory_worker.redis_clients import async_state_redis, state_redis
 from memory_worker.shapes import ReadMeta, ThreadContext
 from memory_worker.writer import Writer
 from memory_worker.zep import ZepApi, connect
@@ -83,8 +83,8 @@ class Runtime:
         self.settings = settings
         self.keys = Keys(settings.key_prefix)
         self.clock = clock
-        self.conn = redis.Redis.from_url(
-            settings.redis_url, decode_responses=True, retry=Retry(NoBackoff(), 0),
+        self.conn = state_redis(
+            settings, decode_responses=True, retry=Retry(NoBackoff(), 0),
             socket_timeout=READ_PATH_REDIS_TIMEOUT_S,
             socket_connect_timeout=READ_PATH_REDIS_TIMEOUT_S,
         )
@@ -94,7 +94,7 @@ class Runtime:
         self._zep = zep
         self._zep_lock = threading.Lock()
         # The steps after the Zep call: their own pool, every wait within the step's budget.
-        self._bounded = deadline_client(settings.redis_url, READ_PATH_REDIS_TIMEOUT_S)
+        self._bounded = deadline_client(settings, READ_PATH_REDIS_TIMEOUT_S)
         self._scripts = {
             AfterRead: self._bounded.register_script(AFTER_READ),
             RunGuard: self._bounded.register_script(GUARD_SCRIPT),
@@ -123,7 +123,7 @@ class Runtime:
     @property
     def ops_conn(self) -> redis.Redis:
         """Redis with operator timeouts, for work off the chat's hot path (workers, probe)."""
-        return redis_client(self.settings.redis_url)
+        return state_client(self.settings)
 
     def prober(self) -> Prober:
         return Prober(self.ops_conn, self.settings, lambda: self.zep, clock=self.clock,
@@ -148,7 +148,7 @@ class Runtime:
                     # Not the read path's client (50 ms, no retry): the duplicate check
                     # and the ledger entry must survive a pause of Redis.
                     self._publisher = Publisher(self.settings,
-                                                enqueue_redis(self.settings.redis_url),
+                                                enqueue_redis(self.settings),
                                                 self._publish, clock=self.clock)
         return self._publisher
 
@@ -302,7 +302,7 @@ class Runtime:
         loop = asyncio.get_running_loop()
         state = self._async.get(loop)
         if state is None:
-            state = self._async[loop] = _AsyncRedis(self.settings.redis_url)
+            state = self._async[loop] = _AsyncRedis(self.settings)
         return state
 
 
@@ -316,9 +316,9 @@ class _AsyncRedis:
     read path's 50 ms would fail, and take the process off Redis for a second).
     """
 
-    def __init__(self, url: str) -> None:
-        self.conn = aredis.Redis.from_url(
-            url, decode_responses=True, retry=AsyncRetry(NoBackoff(), 0),
+    def __init__(self, settings: Settings) -> None:
+        self.conn = async_state_redis(
+            settings, decode_responses=True, retry=AsyncRetry(NoBackoff(), 0),
             socket_timeout=READ_PATH_REDIS_TIMEOUT_S,
             socket_connect_timeout=READ_PATH_REDIS_TIMEOUT_S,
         )

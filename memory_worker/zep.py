@@ -177,9 +177,9 @@ def connect(settings: Settings, conn: redis.Redis | None = None) -> ZepApi:
         from memory_worker.zep_v4 import ZepV4Client
 
         if conn is None:
-            from memory_worker.connections import redis_client
+            from memory_worker.connections import state_client
 
-            conn = redis_client(settings.redis_url)
+            conn = state_client(settings)
         return ZepV4Client.from_settings(settings, conn)
     return ZepClient.from_settings(settings)
 
