@@ -1,12 +1,14 @@
 """The broker below Celery: what the project configures for Redis and for RabbitMQ.
 
 The choice is made once, by the scheme of ``CELERY_BROKER_URL`` (``redis``,
-``rediss``: Redis; ``amqp``, ``amqps``, ``pyamqp``: RabbitMQ); the tasks,
-enqueue and the outbox do not know which is in use.
+``rediss``, ``sentinel``: Redis; ``amqp``, ``amqps``, ``pyamqp``: RabbitMQ);
+the tasks, enqueue and the outbox do not know which is in use.
 
-**Redis.** Direct exchanges, the visibility timeout and socket timeouts as
-transport options. The transport has two gaps that late acknowledgement does
-not close (see ``memory_worker.ledger``), so beat sweeps the delivery ledger.
+**Redis**, also Sentinel-managed (``sentinel://``, with the master's service
+name as the ``master_name`` transport option). Direct exchanges, the
+visibility timeout and socket timeouts as transport options. The transport
+has two gaps that late acknowledgement does not close (see
+``memory_worker.ledger``), so beat sweeps the delivery ledger.
 
 **RabbitMQ** (Celery 5.5+, kombu 5.5+):
 
@@ -62,11 +64,15 @@ def sweeps_ledger(url: str) -> bool:
     return not is_amqp(url)
 
 
-def broker_config(url: str, queues: Iterable[str], *, visibility_timeout_s: int
-                  ) -> dict[str, Any]:
-    """The Celery settings that depend on the broker: queues, exchanges, transport options."""
+def broker_config(url: str, queues: Iterable[str], *, visibility_timeout_s: int,
+                  sentinel_master: str | None = None) -> dict[str, Any]:
+    """The Celery settings that depend on the broker: queues, exchanges, transport options.
+
+    A ``sentinel://`` URL (kombu's Sentinel transport: one URL per sentinel, joined by
+    ``;``) is the Redis broker whose master the sentinels know as ``sentinel_master``."""
     names = tuple(queues)
     if not is_amqp(url):
+        sentinel = urlsplit(url.split(";", 1)[0].strip()).scheme == "sentinel"
         return {
             "task_queues": tuple(Queue(name, Exchange(name), routing_key=name)
                                  for name in names),
@@ -75,6 +81,7 @@ def broker_config(url: str, queues: Iterable[str], *, visibility_timeout_s: int
                 "socket_timeout": SOCKET_TIMEOUT_S,
                 "socket_connect_timeout": 1.0,
                 "health_check_interval": 25,
+                **({"master_name": sentinel_master} if sentinel else {}),
             },
         }
     return {

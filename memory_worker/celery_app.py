@@ -96,7 +96,8 @@ def celery_config(settings: Settings) -> dict[str, Any]:
     }
     # Queues, exchanges and transport options of the broker in use (memory_worker.broker).
     config.update(broker_config(settings.broker_url, (WRITE_QUEUE, CONTROL_QUEUE),
-                                visibility_timeout_s=settings.broker_visibility_timeout_seconds))
+                                visibility_timeout_s=settings.broker_visibility_timeout_seconds,
+                                sentinel_master=settings.broker_sentinel_master))
     if sweeps_ledger(settings.broker_url):
         config["beat_schedule"]["memory-sweep-pending"] = {
             "task": SWEEP_TASK,
