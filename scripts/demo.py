@@ -5,8 +5,9 @@ server) and the example chat app; walks a conversation, the operational drills
 and a recovery by the beat probe, with short holds; prints modes, traces and
 metric deltas; stops everything it started, also when interrupted.
 
-State goes to database 9 of REDIS_URL's host (emptied first; override with
-MEMORY_DEMO_REDIS_URL), files to var/demo/.
+The Zep API is ZEP_API_VERSION's (v2 by default; ``ZEP_API_VERSION=v4 make
+demo`` runs the same walk on v4). State goes to database 9 of REDIS_URL's host
+(emptied first; override with MEMORY_DEMO_REDIS_URL), files to var/demo/.
 """
 
 from __future__ import annotations
@@ -27,8 +28,11 @@ from typing import Any
 import httpx
 import redis
 
+from memory_worker.config import Settings
 from memory_worker.connections import with_database
-from memory_worker.observation import Samples, scrape
+from memory_worker.errors import DrillAborted
+from memory_worker.observation import READ_PATHS, Samples, SimControl, scrape
+from memory_worker.zep import Failure, connect
 from memory_worker.zep_sim.process import spawn
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -74,6 +78,7 @@ class Demo:
         self.app_url = ""
         self.metrics_url = ""
         self.env: dict[str, str] = {}
+        self.zep_api = "v2"
 
     # set-up and tear-down
 
@@ -103,6 +108,7 @@ class Demo:
             "FLOWER_BASIC_AUTH": f"{self.flower[1]}:{self.flower[2]}",
         }
         self.env.pop("CELERY_BROKER_URL", None)
+        self.zep_api = Settings.from_env(self.env).zep_api_version
         (VAR / "prometheus").mkdir(parents=True, exist_ok=True)
         subprocess.run([str(BIN / "supervisord"), "-c", str(ROOT / "supervisord.conf")],
                        cwd=ROOT, env=self.env, check=True)
@@ -154,7 +160,7 @@ class Demo:
 
     def run(self) -> bool:
         ok = True
-        say("== Stack")
+        say(f"== Stack (Zep API {self.zep_api})")
         say(self._supervisorctl("status").stdout.rstrip())
         flower_url, user, password = self.flower
 
@@ -206,11 +212,13 @@ class Demo:
         return ok
 
     def _recovery(self) -> bool:
-        fault = httpx.post(f"{self.sim_url}/_sim/faults", timeout=5,
-                           json={"method": "GET", "path": "*/memory", "status": 503}).json()
-        for i in range(3):
+        threads = [f"demo-outage-{i}" for i in range(3)]
+        self._create_in_zep(threads)  # so their reads reach Zep (v4 knows no other)
+        fault = httpx.post(f"{self.sim_url}/_sim/faults", timeout=5, json={
+            "method": "GET", "path": READ_PATHS[self.zep_api], "status": 503}).json()
+        for thread in threads:
             trace = httpx.post(f"{self.app_url}/api/chat/", timeout=5, json={
-                "message": f"are you there {i}?", "thread_id": f"demo-outage-{i}"}).json()
+                "message": f"are you there {thread[-1]}?", "thread_id": thread}).json()
             say(f"read during outage: source={trace['trace']['memory']['source']} "
                 f"reason={trace['trace']['memory']['reason']}")
         status = self.status()
@@ -223,9 +231,23 @@ class Demo:
             f"(hold 4 s, probe interval 1 s)")
         return bool(status["effective_mode"] == "read_write")
 
+    def _create_in_zep(self, threads: list[str]) -> None:
+        """Create threads in Zep through the project's own client, as a first write would."""
+        client = connect(Settings.from_env(self.env), self.conn)
+        try:
+            for thread in threads:
+                outcome = client.add_session(thread)
+                if isinstance(outcome, Failure):
+                    raise SystemExit(f"demo: creating {thread} in Zep failed: {outcome.reason}")
+        finally:
+            client.close()
+
     def _messages(self, thread: str) -> list[dict[str, Any]]:
-        answer = httpx.get(f"{self.sim_url}/_sim/sessions/{thread}/messages", timeout=5)
-        return list(answer.json().get("messages", [])) if answer.status_code == 200 else []
+        """What Zep holds for ``thread`` (on v4, in whichever Zep thread carries its id)."""
+        try:
+            return SimControl(self.sim_url).messages_of(thread, self.zep_api)
+        except DrillAborted:
+            return []
 
 
 def deltas(before: Samples, after: Samples) -> list[str]:
