@@ -7,6 +7,7 @@ line naming the variable, and raises ``ConfigError`` anywhere else.
 
 from __future__ import annotations
 
+import logging
 import sys
 from collections.abc import Callable
 from datetime import timedelta
@@ -14,7 +15,7 @@ from typing import Any
 
 import click
 from celery import Celery
-from celery.signals import after_setup_logger
+from celery.signals import after_setup_logger, worker_process_init
 
 from memory_worker import logs
 from memory_worker.broker import DelayedDeliveryTask, broker_config, sweeps_ledger
@@ -160,6 +161,25 @@ def _quiet_http_clients(**_: object) -> None:
 
 after_setup_logger.connect(_quiet_http_clients, weak=False,
                            dispatch_uid="memory_worker.celery_app.quiet_http")
+
+
+def _trace_pool_process(**_: object) -> None:
+    """Each pool process of ``celery -A memory_worker worker`` traces when the worker has
+    a tracer provider by now (``memory_worker.tracing``); nothing without OpenTelemetry."""
+    from celery import current_app
+
+    if current_app.main == app.main:
+        from memory_worker import tracing
+
+        try:
+            tracing.instrument()
+        except Exception as exc:  # tracing is a hook: the pool process works without it
+            logs.log_event(logging.getLogger("memory_worker.tracing"),
+                           "memory_tracing_failed", logging.WARNING, error=type(exc).__name__)
+
+
+worker_process_init.connect(_trace_pool_process, weak=False,
+                            dispatch_uid="memory_worker.celery_app.tracing")
 
 
 # Pool processes clear and mark their metric files (prometheus_client multiprocess mode).
