@@ -172,7 +172,12 @@ class ZepApi(Protocol):
 
 
 def connect(settings: Settings, conn: redis.Redis | None = None) -> ZepApi:
-    """The Zep client of ``ZEP_API_VERSION``; v4 keeps its id mapping in ``conn``."""
+    """The Zep client of ``ZEP_API_VERSION``; v4 keeps its id mapping in ``conn``.
+
+    With tracing on (``tracing``), each of its calls is a span."""
+    from memory_worker.tracing import traced_zep
+
+    client: ZepApi
     if settings.zep_api_version == "v4":
         from memory_worker.zep_v4 import ZepV4Client
 
@@ -180,8 +185,10 @@ def connect(settings: Settings, conn: redis.Redis | None = None) -> ZepApi:
             from memory_worker.connections import state_client
 
             conn = state_client(settings)
-        return ZepV4Client.from_settings(settings, conn)
-    return ZepClient.from_settings(settings)
+        client = ZepV4Client.from_settings(settings, conn)
+    else:
+        client = ZepClient.from_settings(settings)
+    return traced_zep(client, settings.zep_api_version)
 
 
 def landed_chunks(metadata: Iterable[Mapping[str, Any] | None], client_msg_id: str) -> Landed:
