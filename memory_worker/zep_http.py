@@ -84,7 +84,9 @@ def call_on_pool(pool: ThreadPoolExecutor, call: Call, function: Callable[[], _T
             raise httpx.PoolTimeout("the budget was spent before the request was sent")
         return function()
 
-    future = pool.submit(contextvars.Context().run, scoped)
+    # A copy of the caller's context: what it carries (a trace's current span) reaches
+    # the request; ``_CURRENT`` is set inside the copy, never in the caller's.
+    future = pool.submit(contextvars.copy_context().run, scoped)
     try:
         return future.result(timeout=max(0.0, call.remaining()))
     except TimeoutError:
