@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import click
 
-from cli.config_commands import config
-from cli.drill_commands import drill
-from cli.metrics_commands import metrics_clean, metrics_server
-from cli.mode_commands import clear, force, reset_failures, status
-from cli.read_commands import invalidate, probe, zep_sim
-from cli.write_commands import dlq_group, spool_group
+from memory_worker.cli.config_commands import config
+from memory_worker.cli.drill_commands import drill
+from memory_worker.cli.metrics_commands import metrics_clean, metrics_server
+from memory_worker.cli.mode_commands import clear, force, reset_failures, status
+from memory_worker.cli.read_commands import invalidate, probe, zep_sim
+from memory_worker.cli.write_commands import dlq_group, spool_group
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from cli.common import Ops, operation
+from memory_worker.cli.common import Ops, operation
 
 
 @click.group()

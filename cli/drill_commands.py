@@ -6,8 +6,8 @@ import sys
 
 import click
 
-from cli.common import Ops, operation
 from memory_worker import drills
+from memory_worker.cli.common import Ops, operation
 from memory_worker.observation import SimControl
 
 

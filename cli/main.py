@@ -15,7 +15,7 @@ import click
 
 def main() -> None:
     try:
-        from cli.app import cli
+        from memory_worker.cli.app import cli
     except OSError as exc:
         where = f" {exc.filename}" if exc.filename else ""
         click.echo(f"memory-worker: error: cannot open{where}: {exc.strerror or exc} "
@@ -25,9 +25,9 @@ def main() -> None:
 
 
 def __getattr__(name: str) -> click.Group:
-    """``from cli.main import cli``: the group, imported on first use."""
+    """``from memory_worker.cli.main import cli``: the group, imported on first use."""
     if name == "cli":
-        from cli.app import cli
+        from memory_worker.cli.app import cli
 
         return cli
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

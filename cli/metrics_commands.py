@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import click
 
-from cli.common import OperationalError, Ops, operation
 from memory_worker import exposition
+from memory_worker.cli.common import OperationalError, Ops, operation
 
 
 def _multiproc_dir(ops: Ops) -> str | None:

@@ -7,8 +7,8 @@ import re
 
 import click
 
-from cli.common import Ops, operation
 from memory_worker import modes
+from memory_worker.cli.common import Ops, operation
 from memory_worker.guard import Guard
 from memory_worker.status import read_status
 

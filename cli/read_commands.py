@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import click
 
-from cli.common import OperationalError, Ops, operation
 from memory_worker import cache
+from memory_worker.cli.common import OperationalError, Ops, operation
 from memory_worker.errors import ConfigError, InvalidRequest
 from memory_worker.probe import Prober, ProbeResult
 from memory_worker.reader import check_request

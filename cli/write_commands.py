@@ -12,8 +12,8 @@ from pathlib import Path
 
 import click
 
-from cli.common import OperationalError, Ops, operation, publishing_operation
 from memory_worker import dlq
+from memory_worker.cli.common import OperationalError, Ops, operation, publishing_operation
 from memory_worker.ledger import Ledger
 from memory_worker.messages import message_uuid
 from memory_worker.spool import Outbox, Record

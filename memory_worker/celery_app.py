@@ -144,7 +144,9 @@ def sender(settings: Settings) -> Callable[[str, dict[str, Any]], None]:
 # A library must not change its host's Celery defaults: not the current app (the host's
 # `@shared_task` would land on memory_writes), and no fix-ups (Django's makes an app
 # the default one). `celery -A memory_worker worker|beat` makes it current in its own processes.
-app = Celery("memory_worker", include=["tasks.probe", "tasks.mirror", "tasks.sweep"],
+app = Celery("memory_worker",
+             include=["memory_worker.tasks.probe", "memory_worker.tasks.mirror",
+                      "memory_worker.tasks.sweep"],
              set_as_current=False, fixups=[], task_cls=DelayedDeliveryTask)
 app.add_defaults(_configuration)
 

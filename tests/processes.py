@@ -208,10 +208,12 @@ def free_port() -> int:
 class PrivateRedis:
     """A redis-server of the test's own, on a free port, that the test may stop and restart."""
 
-    def __init__(self, directory: Path, *, appendonly: bool = False) -> None:
+    def __init__(self, directory: Path, *, appendonly: bool = False,
+                 args: tuple[str, ...] = ()) -> None:
         self.port = free_port()
         self.directory = directory
         self.appendonly = appendonly
+        self.args = args  # more redis-server options, e.g. --replicaof
         self.url = f"redis://127.0.0.1:{self.port}/0"
         self.proc: subprocess.Popen[bytes] | None = None
 
@@ -228,7 +230,7 @@ class PrivateRedis:
              # Plain text on disk, so tests can search everything Redis ever stored.
              "--aof-use-rdb-preamble", "no", "--rdbcompression", "no",
              # DEBUG SLEEP stands for a Redis that pauses (a fork, a failover).
-             "--enable-debug-command", "local"],
+             "--enable-debug-command", "local", *self.args],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         import redis
 
@@ -242,6 +244,12 @@ class PrivateRedis:
             self.proc.terminate()
             self.proc.wait(timeout=10)
         self.proc = None
+
+    def client(self) -> Any:
+        """A ``redis.Redis`` of this server (strings decoded), for the test's look-ups."""
+        import redis
+
+        return redis.Redis(port=self.port, socket_timeout=1, decode_responses=True)
 
     def __enter__(self) -> PrivateRedis:
         return self.start()
@@ -257,6 +265,125 @@ def _pings(client: object) -> bool:
         return bool(client.ping())  # type: ignore[attr-defined]
     except redis.RedisError:
         return False
+
+
+class PrivateSentinels:
+    """A Sentinel-managed Redis of the test's own: a master, one replica and three
+    sentinels (quorum 2), each on a free loopback port, announcing 127.0.0.1.
+
+    ``start`` returns once every sentinel knows the replica and the two other
+    sentinels, so a failover can be agreed on; ``kill_master`` is ``kill -9``;
+    ``master_address`` is what the sentinels name now (``SENTINEL
+    get-master-addr-by-name``), ``master`` the server that is master by role.
+    """
+
+    SERVICE = "memtest"
+
+    def __init__(self, directory: Path, *, down_after_ms: int = 1000,
+                 failover_timeout_ms: int = 3000) -> None:
+        self.directory = directory
+        self.down_after_ms, self.failover_timeout_ms = down_after_ms, failover_timeout_ms
+        self.servers = [PrivateRedis(directory / "master", appendonly=True)]
+        self.servers.append(PrivateRedis(
+            directory / "replica", appendonly=True,
+            args=("--replicaof", "127.0.0.1", str(self.servers[0].port),
+                  "--replica-announce-ip", "127.0.0.1")))
+        self.ports = [free_port() for _ in range(3)]
+        self._sentinels: list[subprocess.Popen[bytes]] = []
+
+    @property
+    def addresses(self) -> str:
+        """The value of ``REDIS_SENTINELS``."""
+        return ",".join(f"127.0.0.1:{port}" for port in self.ports)
+
+    def start(self) -> PrivateSentinels:
+        import shutil
+
+        exe = shutil.which("redis-server")  # `redis-server CONF --sentinel` is redis-sentinel
+        if exe is None:
+            raise AssertionError("redis-server is not installed (make test installs it)")
+        for server in self.servers:
+            server.start()
+        master_port = self.servers[0].port
+        for port in self.ports:
+            conf = self.directory / f"sentinel-{port}.conf"  # Sentinel rewrites it: its own
+            conf.write_text(
+                f"port {port}\nbind 127.0.0.1\ndir {self.directory}\n"
+                "sentinel announce-ip 127.0.0.1\n"
+                f"sentinel monitor {self.SERVICE} 127.0.0.1 {master_port} 2\n"
+                f"sentinel down-after-milliseconds {self.SERVICE} {self.down_after_ms}\n"
+                f"sentinel failover-timeout {self.SERVICE} {self.failover_timeout_ms}\n"
+                f"sentinel parallel-syncs {self.SERVICE} 1\n")
+            self._sentinels.append(subprocess.Popen(
+                [exe, str(conf), "--sentinel"], stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL))
+        replica = self.servers[1].client()
+        wait_for(lambda: replica.info("replication").get("master_link_status") == "up", 20,
+                 "the replica to sync")
+        wait_for(self._acquainted, 30, "every sentinel to know the replica and each other")
+        return self
+
+    def _acquainted(self) -> bool:
+        import redis
+
+        for port in self.ports:
+            try:
+                sentinel = redis.Redis(port=port, socket_timeout=0.5, decode_responses=True)
+                state = sentinel.sentinel_master(self.SERVICE)
+                replicas = sentinel.sentinel_slaves(self.SERVICE)
+            except redis.RedisError:
+                return False
+            if int(state["num-other-sentinels"]) < 2 or not replicas:
+                return False
+        return True
+
+    def master_address(self) -> tuple[str, int] | None:
+        """What the first sentinel that answers names as the master."""
+        import redis
+
+        for port in self.ports:
+            try:
+                sentinel = redis.Redis(port=port, socket_timeout=0.5)
+                address = sentinel.sentinel_get_master_addr_by_name(self.SERVICE)
+            except redis.RedisError:
+                continue
+            if address:
+                host, master_port = address
+                return (host.decode() if isinstance(host, bytes) else str(host), int(master_port))
+        return None
+
+    def server_at(self, port: int) -> PrivateRedis:
+        return next(server for server in self.servers if server.port == port)
+
+    def kill_master(self) -> PrivateRedis:
+        """kill -9 the server the sentinels name as master; return it."""
+        address = self.master_address()
+        assert address is not None
+        master = self.server_at(address[1])
+        assert master.proc is not None
+        master.proc.kill()
+        master.proc.wait(timeout=10)
+        master.proc = None
+        return master
+
+    def stop(self) -> None:
+        for proc in self._sentinels:
+            if proc.poll() is None:
+                proc.terminate()
+                proc.wait(timeout=10)
+        self._sentinels.clear()
+        for server in self.servers:
+            server.stop()
+
+    def __enter__(self) -> PrivateSentinels:
+        try:
+            return self.start()
+        except BaseException:
+            self.stop()
+            raise
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
 
 
 # Debian's scripts, run directly: the wrappers in /usr/sbin switch to the rabbitmq user.

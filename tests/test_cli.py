@@ -12,7 +12,7 @@ import pytest
 import redis
 from click.testing import CliRunner, Result
 
-from cli.main import cli
+from memory_worker.cli.main import cli
 from memory_worker.config import Settings
 from memory_worker.guard import Guard
 from memory_worker.keys import Keys

@@ -27,8 +27,8 @@ from click.testing import CliRunner
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from cli.main import cli
 from memory_worker import dlq
+from memory_worker.cli.main import cli
 from memory_worker.keys import Keys
 from memory_worker.messages import message_uuid
 from memory_worker.spool import Outbox

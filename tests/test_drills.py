@@ -15,8 +15,8 @@ import pytest
 import redis
 from click.testing import CliRunner
 
-from cli.drill_commands import drill
 from memory_worker import modes
+from memory_worker.cli.drill_commands import drill
 from memory_worker.config import Settings
 from memory_worker.drills import DRILL_NAMES, Stack, run_drill, run_drills
 from memory_worker.keys import Keys

@@ -22,8 +22,8 @@ from click.testing import CliRunner
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from cli.metrics_commands import metrics_server
 from memory_worker import dlq, exposition, metrics
+from memory_worker.cli.metrics_commands import metrics_server
 from memory_worker.config import Settings
 from memory_worker.keys import Keys
 from memory_worker.modes import ForcedRecord

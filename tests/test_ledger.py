@@ -179,8 +179,8 @@ def test_a_replayed_dead_letter_is_on_its_way_again_in_the_ledger(
     """`dlq replay` publishes (to the test Redis, no worker) and records the message again."""
     from click.testing import CliRunner
 
-    from cli.main import cli
     from memory_worker import dlq
+    from memory_worker.cli.main import cli
 
     dlq.push(conn, keys, dlq.DeadLetter(
         client_msg_id="dl-1", thread_id="t-1", payload=record("dl-1")["payload"],

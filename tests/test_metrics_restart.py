@@ -21,7 +21,7 @@ import redis
 from click.testing import CliRunner
 from prometheus_client.parser import text_string_to_metric_families
 
-from cli.main import cli
+from memory_worker.cli.main import cli
 from tests.processes import ROOT, project_env
 from tests.test_exposition import metrics_server_process, writer
 

@@ -18,8 +18,8 @@ from kombu.exceptions import OperationalError
 from memory_worker import runtime
 from memory_worker.config import Settings
 from memory_worker.messages import Payload
+from memory_worker.tasks.mirror import mirror_message
 from memory_worker.zep_sim import Fault, ZepSimulator
-from tasks.mirror import mirror_message
 
 
 @pytest.fixture

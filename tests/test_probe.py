@@ -20,8 +20,8 @@ import redis
 from click.testing import CliRunner
 from prometheus_client import REGISTRY
 
-from cli.main import cli
 from memory_worker import modes
+from memory_worker.cli.main import cli
 from memory_worker.config import Settings
 from memory_worker.guard import Guard
 from memory_worker.keys import Keys
@@ -223,7 +223,7 @@ def test_beat_probe_with_both_flags_off_and_no_zep_does_nothing(
 ) -> None:
     """Flags off, no ZEP_API_URL: each beat tick's probe is a quiet no-op, not a ConfigError."""
     from memory_worker import runtime
-    from tasks.probe import probe_recovery
+    from memory_worker.tasks.probe import probe_recovery
 
     settings = Settings(redis_url=redis_url)  # SPEC §3 defaults: both flags off, no Zep
     if forced:

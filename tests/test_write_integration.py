@@ -16,8 +16,8 @@ import pytest
 import redis
 from click.testing import CliRunner
 
-from cli.main import cli
 from memory_worker.celery_app import sender
+from memory_worker.cli.main import cli
 from memory_worker.config import Settings
 from memory_worker.enqueue import Publisher
 from memory_worker.keys import Keys

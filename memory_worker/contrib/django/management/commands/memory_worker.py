@@ -27,7 +27,7 @@ def run_cli(args: Sequence[str], prog_name: str) -> int:
     if error is not None and not {"-h", "--help"} & set(args):
         print(f"memory-worker: error: configuration: {error}", file=sys.stderr)
         return 1
-    from cli.main import cli
+    from memory_worker.cli.main import cli
 
     try:
         cli.main(args=list(args), prog_name=prog_name, standalone_mode=True)
