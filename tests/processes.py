@@ -328,9 +328,9 @@ class PrivateSentinels:
 
         for port in self.ports:
             try:
-                sentinel = redis.Redis(port=port, socket_timeout=0.5, decode_responses=True)
-                state = sentinel.sentinel_master(self.SERVICE)
-                replicas = sentinel.sentinel_slaves(self.SERVICE)
+                with redis.Redis(port=port, socket_timeout=0.5, decode_responses=True) as sentinel:
+                    state: Any = sentinel.sentinel_master(self.SERVICE)
+                    replicas: Any = sentinel.sentinel_slaves(self.SERVICE)
             except redis.RedisError:
                 return False
             if int(state["num-other-sentinels"]) < 2 or not replicas:
@@ -343,13 +343,13 @@ class PrivateSentinels:
 
         for port in self.ports:
             try:
-                sentinel = redis.Redis(port=port, socket_timeout=0.5)
-                address = sentinel.sentinel_get_master_addr_by_name(self.SERVICE)
+                with redis.Redis(port=port, socket_timeout=0.5, decode_responses=True) as sentinel:
+                    address: Any = sentinel.sentinel_get_master_addr_by_name(self.SERVICE)
             except redis.RedisError:
                 continue
             if address:
                 host, master_port = address
-                return (host.decode() if isinstance(host, bytes) else str(host), int(master_port))
+                return str(host), int(master_port)
         return None
 
     def server_at(self, port: int) -> PrivateRedis:
