@@ -64,6 +64,7 @@ from memory_worker.redis_clients import async_state_redis, state_redis
 from memory_worker.shapes import ReadMeta, ThreadContext
 from memory_worker.writer import Writer
 from memory_worker.zep import ZepApi, connect
+from memory_worker.zep_http import shared_ssl_context
 
 # A Redis that does not answer must cost a read milliseconds, not its budget.
 READ_PATH_REDIS_TIMEOUT_S = 0.05
@@ -119,6 +120,12 @@ class Runtime:
                 if self._zep is None:
                     self._zep = connect(self.settings, self.ops_conn)
         return self._zep
+
+    def warm(self) -> None:
+        """Build the Zep client now (when Zep is configured), off any call's budget."""
+        if self.settings.zep_api_url and self.settings.zep_api_key:
+            self.zep  # noqa: B018  (connect: the API's SDK imported, its client built)
+            shared_ssl_context()
 
     @property
     def ops_conn(self) -> redis.Redis:
@@ -373,8 +380,14 @@ _default_lock = threading.Lock()
 
 def configure(settings: Settings | None = None, *, clock: Clock = system_clock,
               zep: ZepApi | None = None) -> Runtime:
-    """Set this process's runtime (an application at start-up, or a test)."""
+    """Set this process's runtime (an application at start-up, or a test).
+
+    Called at start-up, it also builds the Zep client (its SDK imported, the TLS
+    context loaded), so the first read does not pay for that inside its budget; a
+    process that never calls it builds them on its first call.
+    """
     runtime = Runtime(settings or Settings.from_env(), clock=clock, zep=zep)
+    runtime.warm()
     logs.use_format(runtime.settings.log_format)
     with _default_lock:
         _install(runtime)

@@ -35,6 +35,7 @@ import asyncio
 import contextvars
 import datetime
 import email.utils
+import functools
 import os
 import re
 import ssl
@@ -271,7 +272,7 @@ class _DeadlineTransport(httpx.BaseTransport):
     """
 
     def __init__(self, limits: httpx.Limits, proxy: httpx.Proxy | None = None) -> None:
-        ssl_context = httpx.create_ssl_context()
+        ssl_context = shared_ssl_context()
         backend = _DeadlineBackend()
         most, idle, expiry = (limits.max_connections, limits.max_keepalive_connections,
                               limits.keepalive_expiry)
@@ -352,10 +353,18 @@ def sync_http_client(limits: httpx.Limits) -> httpx.Client:
     )
 
 
+@functools.cache
+def shared_ssl_context() -> ssl.SSLContext:
+    """One TLS context per process for every Zep client: loading the CA bundle costs
+    100-250 ms, which must not land inside a call's budget each time a client is built."""
+    return httpx.create_ssl_context()
+
+
 def async_http_client(limits: httpx.Limits) -> httpx.AsyncClient:
     """The client under the asynchronous SDK: clamped phases, recorded answers."""
     return httpx.AsyncClient(
-        limits=limits, event_hooks={"request": [_aclamp], "response": [_arecord]}
+        verify=shared_ssl_context(), limits=limits,
+        event_hooks={"request": [_aclamp], "response": [_arecord]},
     )
 
 

@@ -233,3 +233,31 @@ def reads_work_again(reader: Reader, sim: ZepSimulator, admin: redis.Redis) -> N
     _, meta, _ = reader("failing")
     assert meta["reason"] == "server_error", meta
     assert admin.get(keys.consecutive_failures) == "1"
+
+
+FIRST_READ = """
+import sys, time
+from memory_worker import runtime
+from memory_worker.config import Settings
+settings = Settings(flag_zep_read=True, flag_zep_write=True, zep_api_url=sys.argv[1],
+                    zep_api_key="test-key", redis_url=sys.argv[2], zep_api_version=sys.argv[3])
+runtime.configure(settings)  # at start-up, as an application does
+started = time.perf_counter()
+runtime.fetch_thread_context(sys.argv[4], "summary")
+print((time.perf_counter() - started) * 1000)
+"""
+
+
+@pytest.mark.parametrize("api", ["v2", "v4"])
+def test_the_first_read_of_a_configured_process_is_within_budget(
+    sim: ZepSimulator, redis_url: str, api: str,
+) -> None:
+    """configure() builds the Zep client (SDK import, TLS context): not the first read."""
+    import subprocess
+    import sys
+
+    sim.seed("first-read", summary="s")
+    out = subprocess.run([sys.executable, "-c", FIRST_READ, sim.url, redis_url, api,
+                          "first-read"], capture_output=True, text=True, timeout=60, check=True)
+    took_ms = float(out.stdout.strip().splitlines()[-1])
+    assert took_ms <= 250 + 25, f"the first read took {took_ms:.0f} ms"
