@@ -41,9 +41,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import redis
 
 from memory_worker.breaker import Breaker, BreakerPolicy, CircuitState
-from memory_worker.celery_app import sender
+from memory_worker.celery_app import WRITE_QUEUE, sender
 from memory_worker.config import Settings
 from memory_worker.connections import state_client
 from memory_worker.enqueue import Publisher, enqueue_redis
@@ -214,3 +215,23 @@ def test_a_sentinel_failover_under_traffic_keeps_reads_in_budget_and_stores_each
     assert breaker.state() is CircuitState.OPEN
     assert master.hget(keys.write_circuit, "state") == "open"
     assert json.loads(cli(env, "status", "--json"))["write_circuit"] == "open"
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(60)
+def test_the_default_broker_with_sentinels_is_their_master_through_kombus_sentinel_transport(
+    sentinels: PrivateSentinels,
+) -> None:
+    """CELERY_BROKER_URL unset: a publish lands in the master the sentinels name, in the
+    database of REDIS_URL, through kombu's sentinel:// transport and its master_name."""
+    settings = Settings.from_env({
+        "REDIS_URL": f"redis://127.0.0.1:{free_port()}/3",
+        "REDIS_SENTINELS": sentinels.addresses,
+        "REDIS_SENTINEL_MASTER": PrivateSentinels.SERVICE,
+    })
+    assert settings.broker_url.startswith("sentinel://")
+    sender(settings)("task-1", {"client_msg_id": "m-1"})
+    address = sentinels.master_address()
+    assert address is not None
+    with redis.Redis(port=address[1], db=3, socket_timeout=1) as master:
+        assert master.llen(WRITE_QUEUE) == 1
