@@ -58,8 +58,10 @@ def worker(worker_proc: tuple[subprocess.Popen[bytes], Path]) -> Path:
 
 
 @ON_BOTH_BROKERS
+@pytest.mark.zep_apis
 def test_the_same_message_from_five_processes_is_stored_once(
-    env: dict[str, str], conn: redis.Redis, sim: ZepSimulator, worker: Path, broker: Broker
+    env: dict[str, str], conn: redis.Redis, sim: ZepSimulator, worker: Path, broker: Broker,
+    zep_api: Any,
 ) -> None:
     """Five processes enqueue client_msg_id dup-1 at once: one publish, one message in Zep."""
     children = [
@@ -72,11 +74,11 @@ def test_the_same_message_from_five_processes_is_stored_once(
     conn.rpush("test:enqueue:go", *["go"] * 5)
     results = [json.loads(c.communicate(timeout=60)[0]) for c in children]
     assert sorted(r["duplicate"] for r in results) == [False, True, True, True, True]
-    wait_for(lambda: len(sim.messages("t-dup")) == 1, 30, "the write")
+    wait_for(lambda: len(zep_api.stored("t-dup")) == 1, 30, "the write")
     wait_for(lambda: deliveries_settled(conn, Keys(), broker.drained), 30,
              "every copy to be accounted for")
     assert accepted_adds(sim, "dup-1") == 1  # what was sent, not what Zep kept
-    assert len(sim.messages("t-dup")) == 1
+    assert len(zep_api.stored("t-dup")) == 1
 
 
 @ON_BOTH_BROKERS
@@ -100,17 +102,18 @@ def test_pii_never_reaches_the_broker_the_simulator_or_the_logs(
 
 
 @ON_BOTH_BROKERS
+@pytest.mark.zep_apis
 def test_killing_the_worker_process_mid_write_still_stores_the_message_once(
     publisher: Publisher, conn: redis.Redis, sim: ZepSimulator, keys: Keys,
-    worker_proc: tuple[subprocess.Popen[bytes], Path],
+    worker_proc: tuple[subprocess.Popen[bytes], Path], zep_api: Any,
 ) -> None:
-    """kill -9 of the prefork child while Zep holds the request: requeued, stored exactly once."""
-    sim.ensure_session("t-kill")
-    sim.add_fault(Fault(method="POST", path=MEMORY, process_first=True, latency_ms=1200,
-                        times=1))
+    """kill -9 of the prefork child while Zep holds the request: requeued, stored exactly once
+    (on v4, where Zep would store a resend again, by the redelivery's look at what landed)."""
+    zep_api.prepare("t-kill")
+    sim.add_fault(zep_api.add_fault(process_first=True, latency_ms=1200, times=1))
     publisher.enqueue("t-kill", "user", "survive the kill", "kill-1")
     wait_for(lambda: conn.exists(keys.write_lease("kill-1")) == 1, 30, "the write in flight")
-    wait_for(lambda: len(sim.messages("t-kill")) == 1, 10, "Zep to store before answering")
+    wait_for(lambda: len(zep_api.stored("t-kill")) == 1, 10, "Zep to store before answering")
     master, log = worker_proc
     children = subprocess.run(["pgrep", "-P", str(master.pid)], capture_output=True,
                               text=True).stdout.split()
@@ -118,22 +121,27 @@ def test_killing_the_worker_process_mid_write_still_stores_the_message_once(
     for pid in children:
         os.kill(int(pid), signal.SIGKILL)
     wait_for(lambda: conn.exists(keys.write_done("kill-1")) == 1, 60, "the redelivered write")
-    assert len(sim.messages("t-kill")) == 1
+    assert len(zep_api.stored("t-kill")) == 1
     assert "WorkerLostError" in log.read_text()
 
 
 @ON_BOTH_BROKERS
+@pytest.mark.zep_apis
 def test_stored_then_500_is_still_one_message_after_the_worker_retries(
-    publisher: Publisher, conn: redis.Redis, sim: ZepSimulator, keys: Keys, worker: Path
+    publisher: Publisher, conn: redis.Redis, sim: ZepSimulator, keys: Keys, worker: Path,
+    zep_api: Any,
 ) -> None:
-    """Zep keeps the write and answers 500: the retry asks what landed and sends nothing."""
-    sim.ensure_session("t-s5")
-    sim.add_fault(Fault(method="POST", path=MEMORY, process_first=True, status=500, times=1))
+    """Zep keeps the write and answers 500: the retry asks what landed and sends nothing
+    (on v4 Zep would store a second copy of a resend)."""
+    zep_api.prepare("t-s5")
+    sim.reset_requests()
+    sim.add_fault(zep_api.add_fault(process_first=True, status=500, times=1))
     publisher.enqueue("t-s5", "user", "stored before the error", "s5-1")
     wait_for(lambda: conn.exists(keys.write_done("s5-1")) == 1, 30, "the retried write")
-    assert len(sim.messages("t-s5")) == 1
-    assert len(sim.requests("POST", MEMORY)) == 1 and accepted_adds(sim, "s5-1") == 0
-    assert len(sim.requests("GET", MEMORY)) == 1  # the look at the thread's latest messages
+    assert len(zep_api.stored("t-s5")) == 1
+    assert len(sim.requests("POST", zep_api.add_path)) == 1 and accepted_adds(sim, "s5-1") == 0
+    # The one look at the thread's latest messages.
+    assert len(sim.requests("GET", zep_api.read_path)) == 1
     assert '"zep_write_retry"' in worker.read_text()
 
 
