@@ -133,6 +133,8 @@ def test_a_sentinel_failover_under_traffic_keeps_reads_in_budget_and_stores_each
         # Given a worker that stores (its start, CPU-bound, is over before reads are timed).
         publisher.enqueue("chat-warm-up", "user", "warm-up", "warm-up-1")
         wait_for(lambda: accepted_adds(sim, "warm-up-1") == 1, 60, "the worker to store")
+        for thread_id in READ_THREADS:  # and a cache the first master holds
+            assert runtime.fetch(thread_id, "summary")[1]["source"] == "zep"
         traffic = stack.enter_context(Traffic(runtime, publisher))
         # And traffic flowing through the first master.
         wait_for(lambda: sum(accepted_adds(sim, s.client_msg_id) for s in traffic.sent()) >= 10,
