@@ -108,11 +108,14 @@ Verdict = Done | Retry | DeadLetter
 # releases the lease, as before).
 #
 # _BEGIN. KEYS: done-marker, lease, attempted marker, circuit. ARGV: lease token,
-# lease ms, marker ttl s, expired (1|0), then ``allow``'s arguments (now, trial lease).
-# {0}: done already; {1, pttl}: another worker holds the lease; {3}: expired (lease
+# lease ms, marker ttl s, expired (1|0), then ``allow``'s arguments (now, trial lease),
+# then the settle time in seconds. {0}: done already; {1, pttl}: another worker holds
+# the lease; {3}: expired (lease released); {5, ms}: an earlier attempt began less than
+# the settle time ago, wait this long before looking at what it stored (lease
 # released); {4, n, verdict, until}: the circuit admits no call now (lease released);
 # {2, n, verdict[, until]}: this caller holds the lease and may call Zep, the attempted
-# marker is set. n = 1 when an earlier attempt began (its outcome may be unknown).
+# marker holds the start of this attempt. n = 1 when an earlier attempt began (its
+# outcome may be unknown).
 _BEGIN = LUA_HELPERS + ALLOW_LUA + """
 if redis.call('EXISTS', KEYS[1]) == 1 then return {0} end
 if not redis.call('SET', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[2]) then
@@ -122,13 +125,22 @@ if ARGV[4] == '1' then
   redis.call('DEL', KEYS[2])
   return {3}
 end
-local before = redis.call('EXISTS', KEYS[3])
+local started = redis.call('GET', KEYS[3])
+local before = 0
+if started then
+  before = 1
+  local left = tonumber(started) + tonumber(ARGV[7]) - tonumber(ARGV[5])
+  if left > 0 then
+    redis.call('DEL', KEYS[2])
+    return {5, math.ceil(left * 1000)}
+  end
+end
 local admission = allow(KEYS[4], {ARGV[5], ARGV[6]})
 if admission[1] == 'open' or admission[1] == 'busy' then
   redis.call('DEL', KEYS[2])
   return {4, before, admission[1], admission[2]}
 end
-redis.call('SET', KEYS[3], '1', 'EX', ARGV[3])
+redis.call('SET', KEYS[3], ARGV[5], 'EX', ARGV[3])
 return {2, before, admission[1], admission[2]}
 """
 
@@ -175,7 +187,8 @@ class Writer:
             keys=[self._keys.write_done(cmid), lease_key, self._keys.write_attempted(cmid),
                   self._breaker.key],
             args=[token, self._lease_ms(), self._settings.write_max_age_seconds + 3600,
-                  "1" if self._expired(payload) else "0", *self._breaker.allow_args()])]
+                  "1" if self._expired(payload) else "0", *self._breaker.allow_args(),
+                  self._settle_seconds()])]
         code = int(reply[0])
         if code == 0:
             metrics.safe_inc(metrics.write_skipped, reason="already_done")
@@ -185,6 +198,10 @@ class Writer:
             return Retry(wait + self._rand(0.0, 1.0), "in_flight", counts=False)
         if code == 3:
             return DeadLetter(EXPIRED, None)
+        if code == 5:  # too soon to tell what the previous attempt stored
+            settling: Verdict = Retry(int(reply[1]) / 1000 + self._rand(0.0, 0.5), "settling",
+                                      counts=False)
+            return self._within_age(payload, settling)
         admission = self._breaker.admission(reply[2:])
         if code == 4:
             metrics.safe_inc(metrics.write_failures, reason="circuit_open")
@@ -216,6 +233,13 @@ class Writer:
         if verdict.countdown <= left:
             return verdict
         return dataclasses.replace(verdict, countdown=max(0.0, left) + 0.5)
+
+    def _settle_seconds(self) -> float:
+        """How long after an attempt began the next one waits before asking Zep what it
+        stored: a request the client gave up on may still reach Zep's handler after its
+        deadline (a loaded server, a queue in front of it). Twice the write budget and a
+        second; a request Zep handles later than that can still be stored twice."""
+        return 2 * self._settings.zep_timeout_ms / 1000 + 1.0
 
     def _lease_ms(self) -> int:
         """Long enough for one attempt (a session call and a few batches at the write budget).

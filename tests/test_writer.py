@@ -29,6 +29,14 @@ def upper(a: float, b: float) -> float:
     return b
 
 
+@pytest.fixture(autouse=True)
+def no_settling(monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest) -> None:
+    """Attempts here follow each other on an injected clock that does not move; the wait
+    before looking at what an earlier attempt stored has tests of its own."""
+    if "settling" not in request.node.name:
+        monkeypatch.setattr(Writer, "_settle_seconds", lambda self: 0.0)
+
+
 @pytest.fixture
 def zep(sim: ZepSimulator) -> Iterator[ZepClient]:
     client = ZepClient(sim.url, "test-key")
@@ -355,3 +363,22 @@ def test_a_delivery_the_circuit_holds_back_neither_calls_zep_nor_keeps_its_lease
     assert isinstance(verdict, Retry) and verdict.reason == "circuit_open"
     assert sim.requests() == []
     assert conn.exists(keys.write_lease("m-held"), keys.write_attempted("m-held")) == 0
+
+
+def test_settling_a_retry_soon_after_an_attempt_waits_before_looking_at_what_landed(
+    writer: Writer, sim: ZepSimulator, clock: FakeClock, read_settings: Settings,
+) -> None:
+    """A request the client gave up on may still reach Zep: the next attempt first waits
+    twice the write budget and a second from the earlier one's start, calling nothing."""
+    sim.ensure_session("t-1")
+    sim.add_fault(Fault(method="POST", path=MEMORY, status=503, times=1))
+    assert isinstance(writer.deliver(payload()), Retry)
+    sim.reset_requests()
+    settle = 2 * read_settings.zep_timeout_ms / 1000 + 1.0
+    clock.advance(settle / 2)
+    early = writer.deliver(payload(), failures=1)
+    assert isinstance(early, Retry) and early.reason == "settling" and not early.counts
+    assert settle / 2 <= early.countdown <= settle / 2 + 0.5
+    assert sim.requests() == []  # neither a look nor a resend
+    clock.advance(settle / 2)
+    assert writer.deliver(payload(), failures=1) == Done("stored")

@@ -29,6 +29,14 @@ def upper(a: float, b: float) -> float:
     return b
 
 
+@pytest.fixture(autouse=True)
+def no_settling(monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest) -> None:
+    """Attempts here follow each other on an injected clock that does not move; the wait
+    before looking at what an earlier attempt stored has tests of its own."""
+    if "settling" not in request.node.name:
+        monkeypatch.setattr(Writer, "_settle_seconds", lambda self: 0.0)
+
+
 @pytest.fixture
 def zep(sim: ZepSimulator, conn: redis.Redis) -> Iterator[ZepV4Client]:
     client = ZepV4Client(sim.url, "test-key", conn, write_budget_seconds=0.3)
