@@ -62,7 +62,6 @@ import redis
 
 from memory_worker.config import Settings
 from memory_worker.keys import Keys
-from memory_worker.messages import message_uuid
 from memory_worker.zep_sim.process import spawn
 from tests.processes import (
     CELERY,
@@ -78,6 +77,13 @@ from tests.processes import (
 KEY = "soak-dummy-key"  # the simulator's key: a dummy, not a secret
 WRITES = "/api/v2/sessions*"  # session creation and memory adds (POST)
 READS = "/api/v2/sessions/*/memory"  # context reads (GET)
+ZEP_APIS = ("v2", "v4")
+READ_LAG = {"v2": 0, "v4": 120}  # enqueues of a producer between a turn and its reads
+# Per Zep API: what the weather's write faults match (POST), what its read faults match
+# (GET), and what the outage takes down. v4's writes are user and thread creation and
+# message adds; its reads the thread routes (context, summary, messages).
+_PATHS = {"v2": (WRITES, READS, "/api/v2/*"),
+          "v4": ("/api/v4/*", "/api/v4/threads/*", "/api/v4/*")}
 BUDGET_SLACK_MS = 25.0
 WEATHER_503_SHARE = 0.1  # the weather lasts until this many adds per message met its 5xx
 BROKERS = ("redis", "rabbitmq")
@@ -164,17 +170,22 @@ def leak_needles(plan: Plan) -> list[str]:
 
 def produce(plan: Plan, index: int, workdir: Path) -> None:
     """One web process: enqueue its share on schedule, read between, until told to stop."""
-    from memory_worker.runtime import enqueue_message, fetch_thread_context
+    from memory_worker.runtime import default_runtime, enqueue_message, fetch_thread_context
 
     rng = random.Random(plan.seed + index)
     mine = list(range(index, plan.messages, plan.producers))
+    # On v4 a thread Zep has not been given yet answers not_found without a request, so
+    # reads of the turns just enqueued would never meet the outage: there the producer
+    # reads the threads of turns enqueued a little earlier, which the workers created.
+    lag = READ_LAG[default_runtime().settings.zep_api_version]
     stop = workdir / "stop"
     reads: list[list[Any]] = []
     spooled = errors = 0
     started = time.time()
 
     def read() -> None:
-        thread = thread_of(plan, rng.choice(mine[max(0, done - 40): max(1, done)]))
+        recent = mine[max(0, done - lag - 40): max(1, done - lag)] or mine[:1]
+        thread = thread_of(plan, rng.choice(recent))
         view = rng.choice(("summary", "recent", "facts"))
         begin = time.perf_counter()
         _, meta = fetch_thread_context(thread, view)
@@ -210,9 +221,11 @@ def produce(plan: Plan, index: int, workdir: Path) -> None:
 class Chaos:
     """The simulator's control API, and the fault mix of the soak."""
 
-    def __init__(self, url: str, plan: Plan) -> None:
+    def __init__(self, url: str, plan: Plan, zep_api: str = "v2") -> None:
         self.http = httpx.Client(base_url=url, timeout=30.0)
         self.plan = plan
+        self.zep_api = zep_api
+        self.writes, self.reads, self.everything = _PATHS[zep_api]
 
     def add(self, **fault: Any) -> None:
         self.http.post("/_sim/faults", json=fault).raise_for_status()
@@ -223,22 +236,34 @@ class Chaos:
     def weather(self) -> None:
         """Writes: 5 % stored-then-stalled, 5 % stalled, 20 % 5xx; reads: 2 % stalls."""
         stall = self.plan.zep_timeout_ms * 2.5
-        self.add(method="POST", path=WRITES, latency_ms=stall, process_first=True,
+        self.add(method="POST", path=self.writes, latency_ms=stall, process_first=True,
                  probability=0.05)
-        self.add(method="POST", path=WRITES, latency_ms=stall, probability=0.05 / 0.95)
-        self.add(method="POST", path=WRITES, status=503, probability=0.20 / 0.90)
-        self.add(method="GET", path=READS, latency_ms=1000, probability=0.02)
+        self.add(method="POST", path=self.writes, latency_ms=stall, probability=0.05 / 0.95)
+        self.add(method="POST", path=self.writes, status=503, probability=0.20 / 0.90)
+        self.add(method="GET", path=self.reads, latency_ms=1000, probability=0.02)
 
     def burst_429(self, times: int, retry_after: int) -> None:
-        self.add(method="POST", path=WRITES, status=429, times=times,
+        self.add(method="POST", path=self.writes, status=429, times=times,
                  headers={"Retry-After": str(retry_after)})
 
     def outage(self) -> None:
         self.clear()
-        self.add(path="/api/v2/*", status=503)
+        self.add(path=self.everything, status=503)
 
     def stored(self, threads: list[str]) -> list[dict[str, Any]]:
+        """What Zep holds for the soak's threads (on v4: every thread's messages whose
+        metadata names one of them)."""
         out: list[dict[str, Any]] = []
+        if self.zep_api == "v4":
+            wanted = set(threads)
+            answer = self.http.get("/_sim/v4/threads")
+            answer.raise_for_status()
+            for thread in answer.json()["threads"]:
+                listed = self.http.get(f"/_sim/v4/threads/{thread['uuid']}/messages")
+                listed.raise_for_status()
+                out += [m for m in listed.json()["messages"]
+                        if (m.get("metadata") or {}).get("thread_id") in wanted]
+            return out
         for thread in threads:
             answer = self.http.get(f"/_sim/sessions/{thread}/messages")
             answer.raise_for_status()
@@ -263,13 +288,14 @@ class Timeline:
         return now
 
 
-def run(plan: Plan, workdir: Path, broker: str = "redis") -> dict[str, Any]:
+def run(plan: Plan, workdir: Path, broker: str = "redis", zep_api: str = "v2"
+        ) -> dict[str, Any]:
     if workdir.exists():
         shutil.rmtree(workdir)
     workdir.mkdir(parents=True)
     cleanup: list[Callable[[], None]] = []
     try:
-        return _run(plan, workdir, cleanup, broker)
+        return _run(plan, workdir, cleanup, broker, zep_api)
     finally:
         for undo in reversed(cleanup):
             try:
@@ -279,7 +305,7 @@ def run(plan: Plan, workdir: Path, broker: str = "redis") -> dict[str, Any]:
 
 
 def _run(plan: Plan, workdir: Path, cleanup: list[Callable[[], None]],
-         broker_kind: str) -> dict[str, Any]:
+         broker_kind: str, zep_api: str) -> dict[str, Any]:
     state = PrivateRedis(workdir / "state-redis", appendonly=True).start()
     cleanup.append(state.stop)
     broker: PrivateRedis | PrivateRabbit
@@ -292,11 +318,12 @@ def _run(plan: Plan, workdir: Path, cleanup: list[Callable[[], None]],
     cleanup.append(broker.stop)
     sim_proc, sim_url = spawn(workdir / "zep-sim.log", KEY)
     cleanup.append(lambda: end_process(sim_proc))
-    chaos = Chaos(sim_url, plan)
+    chaos = Chaos(sim_url, plan, zep_api)
 
     env = project_env(
         state.url, CELERY_BROKER_URL=broker_url, FLAG_ZEP_WRITE="true", FLAG_ZEP_READ="true",
         ZEP_API_URL=sim_url, ZEP_API_KEY=KEY, ZEP_TIMEOUT_MS=str(plan.zep_timeout_ms),
+        ZEP_API_VERSION=zep_api,
         MEMORY_SPOOL_DIR=str(workdir / "spool"), MEMORY_DOWNGRADE_HOLD_SECONDS="2",
         MEMORY_DOWNGRADE_HOLD_MAX_SECONDS="6", MEMORY_PROBE_INTERVAL_SECONDS="1",
         MEMORY_LATENCY_DOWNGRADE_MS="0",
@@ -361,14 +388,14 @@ def _run(plan: Plan, workdir: Path, cleanup: list[Callable[[], None]],
     _sleep_until(timeline.started + e)  # producers are done enqueueing; they keep reading
     _keep_the_weather(plan, chaos, timeline, outage)
     threads = sorted({thread_of(plan, i) for i in range(plan.messages)})
-    expected = {message_uuid(client_msg_id(i)) for i in range(plan.messages)}
+    expected = {client_msg_id(i) for i in range(plan.messages)}
     chaos.clear()  # the weather ends; waiting retries finish
     weather_end = timeline.mark("faults cleared; waiting for delivery")
     settle_deadline = time.time() + plan.settle_seconds
     stored: list[dict[str, Any]] = []
     while time.time() < settle_deadline:
         stored = chaos.stored(threads)
-        if len({m["uuid"] for m in stored}) >= len(expected):
+        if len({_identity(m) for m in stored}) >= len(expected):
             break
         time.sleep(2.0)
     timeline.mark("delivery settled", stored=len(stored))
@@ -382,7 +409,12 @@ def _run(plan: Plan, workdir: Path, cleanup: list[Callable[[], None]],
 
     report = _report(plan, workdir, timeline, outage, weather_end, state, broker, chaos,
                      stored, expected, exits)
-    return {"broker": broker_kind, **report}
+    return {"broker": broker_kind, "zep_api": zep_api, **report}
+
+
+def _identity(message: dict[str, Any]) -> Any:
+    """Which message of the soak a stored one is: its client_msg_id (every API keeps it)."""
+    return (message.get("metadata") or {}).get("client_msg_id")
 
 
 def _keep_the_weather(plan: Plan, chaos: Chaos, timeline: Timeline,
@@ -412,7 +444,7 @@ def write_phases(requests: Iterable[dict[str, Any]], outage: dict[str, float],
     phases: dict[str, Counter[str]] = {"weather": Counter(), "outage": Counter(),
                                        "calm": Counter()}
     for r in requests:
-        if r["method"] != "POST" or not r["path"].endswith("/memory"):
+        if r["method"] != "POST" or not r["path"].endswith(("/memory", "/messages")):
             continue
         at = r["time"]
         if weather_end is not None and at >= weather_end:
@@ -440,10 +472,10 @@ def _report(plan: Plan, workdir: Path, timeline: Timeline, outage: dict[str, flo
     reads = [r for p in producers for r in p["reads"]]
     budget = Settings().read_timeout_ms + BUDGET_SLACK_MS  # the soak keeps the default
     uuids = [m["uuid"] for m in stored]
-    ids = [(m.get("metadata") or {}).get("client_msg_id") for m in stored]
+    ids = [_identity(m) for m in stored]
     duplicates = (len(uuids) - len(set(uuids))) + (len(ids) - len(set(ids)))
-    lost = sorted(expected - set(uuids))
-    extra = sorted(set(uuids) - expected)
+    lost = sorted(expected - set(ids))
+    extra = sorted(str(i) for i in set(ids) - expected)
 
     needles = set(leak_needles(plan))
     places = _leak_places(workdir, state, broker, stored)
@@ -621,6 +653,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--plan", choices=sorted(PLANS), default="long")
     parser.add_argument("--broker", choices=BROKERS, default="redis",
                         help="the broker: a private Redis (default) or a private RabbitMQ node")
+    parser.add_argument("--zep-api", choices=ZEP_APIS, default="v2",
+                        help="the Zep API the stack speaks to the simulator")
     parser.add_argument("--messages", type=int, help="override the plan's message count")
     parser.add_argument("--workdir", type=Path, default=ROOT / "var" / "soak")
     parser.add_argument("--report", type=Path, help="also write the JSON report here")
@@ -633,7 +667,7 @@ def main(argv: list[str] | None = None) -> int:
         produce(plan, args.produce, args.workdir)
         return 0
     signal.signal(signal.SIGTERM, _terminated)  # tear down what was started, then exit
-    report = run(plan, args.workdir, args.broker)
+    report = run(plan, args.workdir, args.broker, args.zep_api)
     text = json.dumps(report, indent=2)
     print(text)
     if args.report:
