@@ -95,9 +95,15 @@ def _url_problem(variable: str, url: str, parse: Callable[[str], object]) -> Con
     """Why a client could not be built for ``url``, found before any command runs."""
     try:
         parse(url)
-    except ValueError as exc:
+    except (ValueError, TypeError) as exc:  # TypeError: an option its connection refuses
         return ConfigError(variable, f"{exc} in {redacted_url(url)!r}")
     return None
+
+
+def _redis_options(url: str) -> object:
+    """Parse ``url`` and build (without connecting) the connection its options describe."""
+    parse_url(url)  # type: ignore[no-untyped-call]
+    return redis.ConnectionPool.from_url(url).make_connection()
 
 
 def _port(url: str) -> object:
@@ -111,7 +117,7 @@ def load_settings(redis_url: str | None, broker_url: str | None = None) -> Setti
             settings = settings.with_redis_url(redis_url)
         if broker_url:
             settings = settings.with_broker_url(broker_url)
-        problem = (_url_problem("REDIS_URL", settings.redis_url, parse_url)
+        problem = (_url_problem("REDIS_URL", settings.redis_url, _redis_options)
                    or _url_problem("CELERY_BROKER_URL", settings.broker_url, _port))
         if problem is not None:
             raise problem
