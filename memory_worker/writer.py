@@ -253,12 +253,16 @@ class Writer:
 
     def _attempt(self, payload: Payload, failures: int, retries: int, *, unsure: bool,
                  admission: Admission, token: str) -> Verdict:
-        outcome = self._write(payload, unsure=unsure)
+        outcome, stored_some = self._write(payload, unsure=unsure)
         if isinstance(outcome, Written):
             self._finish(payload, admission.trial, token)
             return Done("stored")
 
         reason = outcome.reason
+        if not unsure and not stored_some and _refused(outcome):
+            # Zep answered and refused (401, 429, ...): nothing of this message can have
+            # landed, so the next attempt need not wait and look before sending.
+            self._conn.delete(self._keys.write_attempted(payload.client_msg_id))
         metrics.safe_inc(metrics.write_failures, reason=_metric_reason(reason))
         if reason in _BREAKER_FAILURES:
             opened = self._breaker.record_failure(admission.trial)
@@ -298,23 +302,24 @@ class Writer:
         wait = max(0.5, admission.retry_at - self._clock())
         return Retry(wait + self._rand(0.0, 1.0), reason, counts=False, status_code=status_code)
 
-    def _write(self, payload: Payload, *, unsure: bool) -> WriteResult:
-        """Every chunk once, in order; ``unsure``: an earlier attempt may have stored some."""
+    def _write(self, payload: Payload, *, unsure: bool) -> tuple[WriteResult, bool]:
+        """Every chunk once, in order; ``unsure``: an earlier attempt may have stored some.
+        Also whether this attempt stored a batch before it failed."""
         messages = zep_messages(payload)
         if unsure:
             missing = self._missing(payload, messages)
             if isinstance(missing, Failure):
-                return missing
+                return missing, False
             if not missing:
                 log_event(log, "zep_write_found_landed", client_msg_id=payload.client_msg_id)
-                return Written(WriteStatus.ALREADY_STORED)
+                return Written(WriteStatus.ALREADY_STORED), False
             messages = missing
         outcome: WriteResult = Failure(Reason.CLIENT_ERROR, message="nothing to write")
-        for batch in batches(messages):
+        for index, batch in enumerate(batches(messages)):
             outcome = self._add_batch(payload, batch)
             if isinstance(outcome, Failure):
-                return outcome
-        return outcome
+                return outcome, index > 0
+        return outcome, True
 
     def _add_batch(self, payload: Payload, batch: list[OutgoingMessage]) -> WriteResult:
         outcome = self._add(payload, batch)
@@ -375,6 +380,11 @@ class Writer:
             keys=[self._breaker.key, *self._ledger.settle_keys(cmid), self._keys.write_lease(cmid)],
             args=[*args, cmid, DONE_MARKER_TTL_S, token])
         self._breaker.succeeded([as_text(item) or "" for item in reply], args)
+
+
+def _refused(failure: Failure) -> bool:
+    """Zep answered with a 4xx: the request was refused, nothing of it stored."""
+    return failure.status_code is not None and 400 <= failure.status_code < 500
 
 
 def _chunk(message: OutgoingMessage) -> int:

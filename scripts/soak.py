@@ -170,8 +170,14 @@ def leak_needles(plan: Plan) -> list[str]:
 
 def produce(plan: Plan, index: int, workdir: Path) -> None:
     """One web process: enqueue its share on schedule, read between, until told to stop."""
-    from memory_worker.runtime import default_runtime, enqueue_message, fetch_thread_context
+    from memory_worker.runtime import (
+        configure,
+        default_runtime,
+        enqueue_message,
+        fetch_thread_context,
+    )
 
+    configure()  # at start-up, as a web application does: no read pays for building clients
     rng = random.Random(plan.seed + index)
     mine = list(range(index, plan.messages, plan.producers))
     # On v4 a thread Zep has not been given yet answers not_found without a request, so
