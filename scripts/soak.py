@@ -463,6 +463,20 @@ def write_phases(requests: Iterable[dict[str, Any]], outage: dict[str, float],
     return {name: dict(sorted(tally.items())) for name, tally in phases.items()}
 
 
+def held_into_outage(in_outage: list[Any], reads: list[list[Any]],
+                     outage: dict[str, float]) -> bool:
+    """No downgrade in the outage because reads were still forced off by an earlier one
+    (a chance run of stalled reads in the weather, its hold escalated by failed probes):
+    then the outage's reads are blocked and not one of them reaches a failing Zep."""
+    if in_outage or "start" not in outage:
+        return False
+    window = [r for r in reads if outage["start"] <= r[0] <= outage.get("end", float("inf"))]
+    failed = sum(1 for r in window if r[2] == "error")
+    blocked = sum(1 for r in window if r[2] == "write_only_forced")
+    # Fewer failed reads than the threshold (3): the guard had nothing more to count.
+    return blocked > 0 and failed < 3
+
+
 def _schedule(plan: Plan) -> list[tuple[float, str]]:
     return [(0.15, "burst"), (0.25, "kill_pool"), (0.40, "broker_restart"), (0.50, "burst"),
             (0.60, "outage"), (0.85, "kill_all"), (0.92, "burst")]
@@ -555,7 +569,8 @@ def _report(plan: Plan, workdir: Path, timeline: Timeline, outage: dict[str, flo
         "no_content_in_logs": not content_in_logs,
         "dlq_empty": dlq == 0,
         "reads_within_budget": bool(reads) and max(r[1] for r in reads) <= budget,
-        "one_downgrade_per_outage": len(in_outage) == 1,
+        "one_downgrade_per_outage": len(in_outage) == 1 or held_into_outage(
+            in_outage, reads, outage),
         "reads_back_after_outage": bool(back),
     }
     report["checks"] = checks

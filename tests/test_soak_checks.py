@@ -58,3 +58,16 @@ def test_adds_are_tallied_by_the_phase_they_arrived_in() -> None:
     # Before the weather ended, nothing is calm yet.
     assert write_phases(requests, {})["calm"] == {}
     assert write_phases(requests, {})["weather"] == {"200": 2, "503": 3, "None": 1}
+
+
+def test_an_outage_met_by_reads_already_forced_off_counts_as_guarded() -> None:
+    """No downgrade in the window is fine only when its reads were blocked, not failing."""
+    from scripts.soak import held_into_outage
+
+    outage = {"start": 10.0, "end": 20.0}
+    blocked = [[12.0, 1.0, "write_only_forced", "probe_failed"]] * 5
+    failing = [[13.0, 250.0, "error", "server_error"]] * 3
+    assert held_into_outage([], blocked, outage)
+    assert not held_into_outage([], blocked + failing, outage)  # failures went uncounted
+    assert not held_into_outage([], [], outage)  # no read in the window proves nothing
+    assert not held_into_outage([{"time": 12.0}], blocked, outage)  # one downgrade: the rule
