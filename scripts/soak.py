@@ -26,8 +26,13 @@ are killed with -9, the broker is restarted, and the whole worker (master and
 pool) is killed with -9 and started again, as its supervisor would. A
 watchdog restarts the worker when it exits on its own, as supervisord does
 (kombu 5.7 ends a worker that loses a Redis broker while holding messages),
-and the report lists those exits. The random faults outlast the enqueues
-until enough writes have met them (``_keep_the_weather``). The broker's
+and the report lists those exits. A RabbitMQ broker runs at a lower CPU
+priority (``BROKER_NICENESS``): a deployment gives it a host of its own, and
+on the soak's one machine its Erlang VM would otherwise hold the web
+processes off the CPU for tens of milliseconds, which the read budget is not
+about. The random
+faults outlast the enqueues until enough writes have met them
+(``_keep_the_weather``). The broker's
 visibility timeout stays at its default hour: what killed workers held comes
 back through the delivery ledger's sweep (``MEMORY_REDELIVER_AFTER_SECONDS``,
 short here). On RabbitMQ the broker gives back what a dead consumer held, and
@@ -78,7 +83,9 @@ KEY = "soak-dummy-key"  # the simulator's key: a dummy, not a secret
 WRITES = "/api/v2/sessions*"  # session creation and memory adds (POST)
 READS = "/api/v2/sessions/*/memory"  # context reads (GET)
 ZEP_APIS = ("v2", "v4")
-READ_LAG = {"v2": 0, "v4": 120}  # enqueues of a producer between a turn and its reads
+# Which turns a producer reads the threads of: the SPAN turns before its last LAG ones.
+READ_LAG = {"v2": 0, "v4": 120}
+READ_SPAN = {"v2": 40, "v4": 200}
 # Per Zep API: what the weather's write faults match (POST), what its read faults match
 # (GET), and what the outage takes down. v4's writes are user and thread creation and
 # message adds; its reads the thread routes (context, summary, messages).
@@ -87,6 +94,7 @@ _PATHS = {"v2": (WRITES, READS, "/api/v2/*"),
 BUDGET_SLACK_MS = 25.0
 WEATHER_503_SHARE = 0.1  # the weather lasts until this many adds per message met its 5xx
 BROKERS = ("redis", "rabbitmq")
+BROKER_NICENESS = 10  # a RabbitMQ broker's; see the module's docstring
 
 
 @dataclass(frozen=True)
@@ -182,15 +190,17 @@ def produce(plan: Plan, index: int, workdir: Path) -> None:
     mine = list(range(index, plan.messages, plan.producers))
     # On v4 a thread Zep has not been given yet answers not_found without a request, so
     # reads of the turns just enqueued would never meet the outage: there the producer
-    # reads the threads of turns enqueued a little earlier, which the workers created.
-    lag = READ_LAG[default_runtime().settings.zep_api_version]
+    # reads the threads of turns enqueued earlier (over a wider span: workers behind
+    # after a kill or a broker restart have not created the newest of them yet).
+    api = default_runtime().settings.zep_api_version
+    lag, span = READ_LAG[api], READ_SPAN[api]
     stop = workdir / "stop"
     reads: list[list[Any]] = []
     spooled = errors = 0
     started = time.time()
 
     def read() -> None:
-        recent = mine[max(0, done - lag - 40): max(1, done - lag)] or mine[:1]
+        recent = mine[max(0, done - lag - span): max(1, done - lag)] or mine[:1]
         thread = thread_of(plan, rng.choice(recent))
         view = rng.choice(("summary", "recent", "facts"))
         begin = time.perf_counter()
@@ -316,7 +326,7 @@ def _run(plan: Plan, workdir: Path, cleanup: list[Callable[[], None]],
     cleanup.append(state.stop)
     broker: PrivateRedis | PrivateRabbit
     if broker_kind == "rabbitmq":
-        rabbit = PrivateRabbit(workdir / "broker-rabbitmq").start()
+        rabbit = PrivateRabbit(workdir / "broker-rabbitmq", niceness=BROKER_NICENESS).start()
         broker, broker_url = rabbit, rabbit.url()
     else:
         redis_broker = PrivateRedis(workdir / "broker-redis", appendonly=True).start()

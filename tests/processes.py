@@ -18,6 +18,11 @@ ROOT = Path(__file__).resolve().parent.parent
 CELERY = str(Path(sys.executable).with_name("celery"))
 
 
+def niced(args: list[str], niceness: int) -> list[str]:
+    """``args`` run at ``niceness`` (``nice`` execs the command: the pid stays its own)."""
+    return ["nice", "-n", str(niceness), *args] if niceness else args
+
+
 def project_env(redis_url: str, **extra: str) -> dict[str, str]:
     """The current environment with the project's variables replaced by test values."""
     from memory_worker.config import VARIABLES
@@ -400,8 +405,9 @@ class PrivateRabbit:
     vhost of its own (``vhost()``), deleted after it.
     """
 
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, niceness: int = 0) -> None:
         self.directory = directory
+        self.niceness = niceness
         self.port = free_port()
         self.dist_port = free_port()
         self.node = f"memtest-{self.port}@localhost"
@@ -428,7 +434,8 @@ class PrivateRabbit:
         (self.directory / "advanced.config").write_text(
             "[{rabbit, [{quorum_tick_interval, 200}]}].\n")
         with (self.directory / "server.log").open("ab") as log:
-            self.proc = subprocess.Popen([str(server)], env=self._env(), cwd=self.directory,
+            self.proc = subprocess.Popen(niced([str(server)], self.niceness), env=self._env(),
+                                         cwd=self.directory,
                                          stdout=log, stderr=subprocess.STDOUT,
                                          start_new_session=True)
         wait_for(lambda: self._listening() or self._exited(), 120,
@@ -508,7 +515,10 @@ class PrivateRabbit:
                 "RABBITMQ_ADVANCED_CONFIG_FILE": str(d / "advanced.config"),
                 "RABBITMQ_ENABLED_PLUGINS_FILE": str(d / "enabled_plugins"),
                 "RABBITMQ_MNESIA_BASE": str(d / "mnesia"), "RABBITMQ_LOG_BASE": str(d / "log"),
-                "RABBITMQ_PID_FILE": str(d / "node.pid")}
+                "RABBITMQ_PID_FILE": str(d / "node.pid"),
+                # Idle schedulers sleep instead of spinning: the node shares two cores
+                # with the processes under test.
+                "RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS": "+sbwt none +sbwtdcpu none +sbwtdio none"}
 
     def _listening(self) -> bool:
         import socket
