@@ -44,12 +44,11 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, cast
 
-import redis
-
 from memory_worker import metrics
 from memory_worker.connections import as_text
 from memory_worker.keys import Keys
 from memory_worker.logs import log_event
+from memory_worker.redis_clients import StateRedis
 
 log = logging.getLogger("memory_worker.ledger")
 
@@ -107,7 +106,7 @@ end
 class Ledger:
     """The deployment's pending writes, seen from one process."""
 
-    def __init__(self, conn: redis.Redis, keys: Keys, redeliver_after_s: float) -> None:
+    def __init__(self, conn: StateRedis, keys: Keys, redeliver_after_s: float) -> None:
         self._conn = conn
         self._keys = keys
         self._slack = redeliver_after_s

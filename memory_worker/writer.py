@@ -50,8 +50,6 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-import redis
-
 from memory_worker import metrics
 from memory_worker.breaker import ALLOW_LUA, LUA_HELPERS, SUCCESS_LUA, Admission, Breaker
 from memory_worker.clock import Clock
@@ -61,6 +59,7 @@ from memory_worker.keys import Keys
 from memory_worker.ledger import SETTLE_LUA, Ledger
 from memory_worker.logs import log_event
 from memory_worker.messages import Payload, batches, zep_messages
+from memory_worker.redis_clients import StateRedis
 from memory_worker.zep import (
     Failure,
     OutgoingMessage,
@@ -162,14 +161,14 @@ def backoff(failures: int, rand: Callable[[float, float], float] = random.unifor
 
 
 class Writer:
-    def __init__(self, conn: redis.Redis, settings: Settings, zep: ZepApi, *,
+    def __init__(self, conn: StateRedis, settings: Settings, zep: ZepApi, *,
                  clock: Clock, keys: Keys | None = None, breaker: Breaker | None = None,
                  rand: Callable[[float, float], float] = random.uniform) -> None:
         self._conn = conn
         self._settings = settings
         self._zep = zep
         self._clock = clock
-        self._keys = keys or Keys(settings.key_prefix)
+        self._keys = keys or Keys.of(settings)
         self._breaker = breaker or Breaker(conn, self._keys, clock=clock)
         self._ledger = Ledger(conn, self._keys, settings.redeliver_after_seconds)
         self._begin = conn.register_script(_BEGIN)
