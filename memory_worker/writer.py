@@ -25,7 +25,9 @@ One delivery makes two round trips to Redis: one script before the Zep call
 marker, set only when the call is admitted) and, after a stored write, one
 after it (the breaker's success, the done-marker, the ledger settled, the
 lease released). A failed call records the failure with the breaker and
-releases the lease, as two more.
+releases the lease, as two more. On a Redis Cluster each of the two scripts
+runs as steps of one slot (``write_slots``: three before the call, two after
+it), in an order that keeps the guarantees above.
 
 Retries: 429 waits ``Retry-After`` plus jitter and is no breaker failure;
 timeouts, 5xx and connection errors are breaker failures and back off
@@ -49,8 +51,9 @@ import secrets
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
-from memory_worker import metrics
+from memory_worker import metrics, write_slots
 from memory_worker.breaker import ALLOW_LUA, LUA_HELPERS, SUCCESS_LUA, Admission, Breaker
 from memory_worker.clock import Clock
 from memory_worker.config import Settings
@@ -171,8 +174,11 @@ class Writer:
         self._keys = keys or Keys.of(settings)
         self._breaker = breaker or Breaker(conn, self._keys, clock=clock)
         self._ledger = Ledger(conn, self._keys, settings.redeliver_after_seconds)
-        self._begin = conn.register_script(_BEGIN)
-        self._finish_script = conn.register_script(_FINISH)
+        self._begin: Callable[..., Any] = conn.register_script(_BEGIN)
+        self._finish_script: Callable[..., Any] = conn.register_script(_FINISH)
+        if self._keys.cluster:  # a message's keys and the shared ones are in different slots
+            self._begin = write_slots.Begin(conn)
+            self._finish_script = write_slots.Finish(conn)
         self._rand = rand
 
     def deliver(self, payload: Payload, failures: int = 0, retries: int | None = None
