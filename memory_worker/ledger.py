@@ -110,11 +110,12 @@ class Ledger:
         self._conn = conn
         self._keys = keys
         self._slack = redeliver_after_s
-        self._enter: Callable[..., Any] = conn.register_script(_ENTER)
-        self._claim: Callable[..., Any] = conn.register_script(_CLAIM)
+        self._enter: Callable[..., Any]
+        self._claim: Callable[..., Any]
         if keys.cluster:  # a message's keys and the index are in different slots
-            self._enter = write_slots.Enter(conn)
-            self._claim = write_slots.Claim(conn)
+            self._enter, self._claim = write_slots.Enter(conn), write_slots.Claim(conn)
+        else:
+            self._enter, self._claim = conn.register_script(_ENTER), conn.register_script(_CLAIM)
 
     def first_enqueue(self, client_msg_id: str, record: Mapping[str, Any], now: float,
                       marker_ttl_s: int) -> bool:

@@ -249,7 +249,8 @@ class Runtime:
         forced, entry, pause = keys
         try:
             pipe = self.conn.pipeline(transaction=False)
-            pipe.mget(forced, pause)
+            # The command, not pipe.mget(): redis-py refuses MGET's method in a pipeline.
+            pipe.execute_command("MGET", forced, pause)  # type: ignore[no-untyped-call]
             pipe.get(entry)
             (forced_raw, pause_raw), raw = pipe.execute()
         except redis.RedisError:
@@ -417,7 +418,7 @@ class _AsyncRedis:
         pipeline, sent to its nodes at once (``Runtime._slot_snapshot``)."""
         forced, _, pause = batch[0]
         pipe = self.conn.pipeline(transaction=False)
-        pipe.mget(forced, pause)
+        pipe.execute_command("MGET", forced, pause)
         for keys in batch:
             pipe.get(keys[1])
         (forced_raw, pause_raw), *entries = await pipe.execute()

@@ -174,11 +174,13 @@ class Writer:
         self._keys = keys or Keys.of(settings)
         self._breaker = breaker or Breaker(conn, self._keys, clock=clock)
         self._ledger = Ledger(conn, self._keys, settings.redeliver_after_seconds)
-        self._begin: Callable[..., Any] = conn.register_script(_BEGIN)
-        self._finish_script: Callable[..., Any] = conn.register_script(_FINISH)
+        self._begin: Callable[..., Any]
+        self._finish_script: Callable[..., Any]
         if self._keys.cluster:  # a message's keys and the shared ones are in different slots
-            self._begin = write_slots.Begin(conn)
-            self._finish_script = write_slots.Finish(conn)
+            self._begin, self._finish_script = write_slots.Begin(conn), write_slots.Finish(conn)
+        else:
+            self._begin = conn.register_script(_BEGIN)
+            self._finish_script = conn.register_script(_FINISH)
         self._rand = rand
 
     def deliver(self, payload: Payload, failures: int = 0, retries: int | None = None
