@@ -164,6 +164,12 @@ def test_every_script_and_multi_key_command_touches_one_slot(
         runtime.fetch("known", view)
         runtime.fetch("known", view)
     runtime.fetch("unknown", "summary")
+
+    async def async_reads(view: str) -> list[Any]:
+        return list(await asyncio.gather(*(runtime.afetch(t, view) for t in ("known", "x"))))
+
+    assert [meta["source"] for _, meta in asyncio.run(async_reads("facts"))] == ["zep", "error"]
+    assert asyncio.run(async_reads("facts"))[0][1]["cached"] is True
     sim.add_fault(Fault(method="GET", path=MEMORY, status=429, times=1))
     runtime.fetch("paused", "summary")
     clock.advance(10)
@@ -171,11 +177,8 @@ def test_every_script_and_multi_key_command_touches_one_slot(
     for thread in ("a", "b", "c"):
         runtime.fetch(thread, "summary")
     assert runtime.fetch("d", "summary")[1]["source"] == "write_only_forced"
-
-    async def async_reads() -> list[Any]:
-        return list(await asyncio.gather(*(runtime.afetch(t, "facts") for t in ("x", "y"))))
-
-    asyncio.run(async_reads())
+    assert {meta["source"] for _, meta in asyncio.run(async_reads("recent"))} == {
+        "write_only_forced"}
     # The probe: one that fails (re-forced), one that restores.
     clock.advance(61)
     assert runtime.prober().run().result.value == "failure"
