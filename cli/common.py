@@ -30,6 +30,7 @@ from memory_worker.config import Settings
 from memory_worker.connections import state_client
 from memory_worker.errors import ConfigError, StateUnavailable
 from memory_worker.keys import Keys
+from memory_worker.redis_clients import StateRedis
 
 R = TypeVar("R")
 # The password of any URL quoted in a message: scheme://user:PASSWORD@host
@@ -69,10 +70,10 @@ class Ops:
     keys: Keys = field(init=False)
 
     def __post_init__(self) -> None:
-        self.keys = Keys(self.settings.key_prefix)
+        self.keys = Keys.of(self.settings)
 
     @functools.cached_property
-    def conn(self) -> redis.Redis:
+    def conn(self) -> StateRedis:
         return state_client(self.settings)
 
     @functools.cached_property

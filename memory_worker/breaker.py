@@ -63,6 +63,7 @@ from memory_worker.connections import as_text
 from memory_worker.errors import StateUnavailable
 from memory_worker.keys import Keys
 from memory_worker.logs import log_event
+from memory_worker.redis_clients import StateRedis
 
 log = logging.getLogger("memory_worker.breaker")
 
@@ -73,7 +74,7 @@ class CircuitState(enum.StrEnum):
     HALF_OPEN = "half_open"
 
 
-def circuit_state(conn: redis.Redis, keys: Keys, *, now: float) -> CircuitState:
+def circuit_state(conn: StateRedis, keys: Keys, *, now: float) -> CircuitState:
     fields = {as_text(k): as_text(v) for k, v in conn.hgetall(keys.write_circuit).items()}
     if fields.get("state") != CircuitState.OPEN:
         return CircuitState.CLOSED
@@ -250,7 +251,7 @@ class Breaker:
     cannot keep its exactly-once promise, so the caller retries the task.
     """
 
-    def __init__(self, conn: redis.Redis, keys: Keys, *, policy: BreakerPolicy | None = None,
+    def __init__(self, conn: StateRedis, keys: Keys, *, policy: BreakerPolicy | None = None,
                  clock: Clock = system_clock) -> None:
         self._conn = conn
         self._keys = keys

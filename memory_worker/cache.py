@@ -10,9 +10,8 @@ from __future__ import annotations
 import json
 from typing import Any, NamedTuple
 
-import redis
-
 from memory_worker.keys import Keys
+from memory_worker.redis_clients import StateRedis
 
 
 class CacheEntry(NamedTuple):  # a tuple: decoded on every cache hit, it must be cheap
@@ -47,6 +46,6 @@ def decode(raw: str | None) -> CacheEntry | None:
     return CacheEntry(context=context) if isinstance(context, dict) else None
 
 
-def invalidate(conn: redis.Redis, keys: Keys, thread_id: str) -> int:
+def invalidate(conn: StateRedis, keys: Keys, thread_id: str) -> int:
     """Delete the thread's cached views, negative entries included; return how many existed."""
     return int(conn.delete(*keys.contexts(thread_id)))

@@ -164,6 +164,9 @@ class Settings:
     # database, user, password and TLS (its host and port are not used).
     redis_sentinels: str | None = None
     redis_sentinel_master: str | None = None
+    # A Redis Cluster as the state store: REDIS_URL names one of its nodes (the
+    # client discovers the others); key names gain hash tags (``keys.py``).
+    redis_cluster: bool = False
     celery_broker_url: str | None = None
     celery_broker_sentinel_master: str | None = None
     key_prefix: str = "mem:"
@@ -263,6 +266,8 @@ class Settings:
             raise ConfigError("CELERY_BROKER_URL", "required when REDIS_URL is rediss:// and "
                                                    "REDIS_SENTINELS is set (the broker through "
                                                    "the sentinels would not use TLS)")
+        if self.redis_cluster:
+            self._validate_cluster()
         if (urlsplit(self.broker_url.split(";", 1)[0]).scheme == "sentinel"
                 and not self.broker_sentinel_master):
             raise ConfigError("CELERY_BROKER_SENTINEL_MASTER",
@@ -275,6 +280,26 @@ class Settings:
                 f"must be below MEMORY_READ_TIMEOUT_MS ({self.read_timeout_ms}), or 0 to disable; "
                 f"got {self.latency_downgrade_ms}",
             )
+
+    def _validate_cluster(self) -> None:
+        """What a Redis Cluster state store rules out."""
+        if self.redis_sentinels:
+            raise ConfigError("REDIS_CLUSTER", "cannot be on with REDIS_SENTINELS (a cluster "
+                                               "fails over by itself)")
+        url = urlsplit(self.redis_url)
+        if url.scheme not in _SENTINEL_REDIS_SCHEMES:
+            raise ConfigError("REDIS_URL", "must be a redis:// or rediss:// URL of a cluster "
+                                           "node when REDIS_CLUSTER is on")
+        if url.path.strip("/") not in ("", "0"):
+            raise ConfigError("REDIS_URL", "must name database 0 when REDIS_CLUSTER is on "
+                                           "(a cluster has no other)")
+        if not self.celery_broker_url:
+            raise ConfigError("CELERY_BROKER_URL", "required when REDIS_CLUSTER is on (Celery's "
+                                                   "Redis transport cannot use a cluster)")
+        if "{" in self.key_prefix or "}" in self.key_prefix:
+            raise ConfigError("MEMORY_KEY_PREFIX", "must not contain '{' or '}' when "
+                                                   "REDIS_CLUSTER is on (the keys' hash tags "
+                                                   "are built from it)")
 
     def describe(self) -> dict[str, object]:
         """The settings as an operator may see them: secrets reduced to set/unset."""
@@ -324,6 +349,7 @@ _VARIABLES: dict[str, tuple[str, Callable[[str], Any]]] = {
     "REDIS_URL": ("redis_url", _url(*_REDIS_SCHEMES)),
     "REDIS_SENTINELS": ("redis_sentinels", _host_ports),
     "REDIS_SENTINEL_MASTER": ("redis_sentinel_master", _service_name),
+    "REDIS_CLUSTER": ("redis_cluster", _boolean),
     "CELERY_BROKER_URL": ("celery_broker_url", _url_list(*_BROKER_SCHEMES)),
     "CELERY_BROKER_SENTINEL_MASTER": ("celery_broker_sentinel_master", _service_name),
     "MEMORY_KEY_PREFIX": ("key_prefix", _text),

@@ -16,6 +16,12 @@ client would not cover a connection that the pool opens for the command (the
 pool connects it, with the configured timeouts, before handing it out), and
 every check added to the main client's connections would be paid by the
 cache-hit path too.
+
+A Redis Cluster client keeps one such pool per node, so every command it
+sends, and the look-ups of the slot map that a failure makes it run before
+its next command, wait no longer than the deadline allows. A command of the
+bounded steps may still need two round trips (a ``MOVED`` redirect after a
+slot migrated): both end by the same deadline.
 """
 
 from __future__ import annotations
@@ -26,13 +32,12 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-import redis
 from redis.backoff import NoBackoff
 from redis.connection import AbstractConnection
 from redis.retry import Retry
 
 from memory_worker.config import Settings
-from memory_worker.redis_clients import state_pool
+from memory_worker.redis_clients import StateRedis, bounded_state_redis
 
 # time.monotonic() by which the current thread's or task's command must be done.
 _DEADLINE: contextvars.ContextVar[float | None] = contextvars.ContextVar(
@@ -83,14 +88,13 @@ class _DeadlineWaits(AbstractConnection):
         return super().read_response(*args, **kwargs)
 
 
-def deadline_client(settings: Settings, timeout_seconds: float) -> redis.Redis:
+def deadline_client(settings: Settings, timeout_seconds: float) -> StateRedis:
     """A client of the state Redis (strings decoded, no retries) for commands run
     ``within`` a time."""
-    pool = state_pool(
+    return bounded_state_redis(
         settings, _bounded, decode_responses=True, retry=Retry(NoBackoff(), 0),
         socket_timeout=timeout_seconds, socket_connect_timeout=timeout_seconds,
     )
-    return redis.Redis(connection_pool=pool)
 
 
 def _bounded(base: type[AbstractConnection]) -> type[AbstractConnection]:

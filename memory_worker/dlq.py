@@ -43,6 +43,7 @@ from memory_worker.connections import as_text, delete_if_value
 from memory_worker.errors import StateUnavailable
 from memory_worker.keys import Keys
 from memory_worker.logs import log_event
+from memory_worker.redis_clients import StateRedis
 
 log = logging.getLogger("memory_worker.dlq")
 
@@ -129,7 +130,7 @@ def replay_lock_key(keys: Keys) -> str:
     return f"{keys.dlq}:replay_lock"
 
 
-def push(conn: redis.Redis, keys: Keys, entry: DeadLetter | Mapping[str, Any]) -> int:
+def push(conn: StateRedis, keys: Keys, entry: DeadLetter | Mapping[str, Any]) -> int:
     """Append ``entry`` at the tail; return the queue's new length."""
     letter = entry if isinstance(entry, DeadLetter) else DeadLetter.from_mapping(entry)
     try:
@@ -145,7 +146,7 @@ def parse(raw: str) -> DeadLetter | Unreadable:
         return Unreadable(raw, str(exc))
 
 
-def entries(conn: redis.Redis, keys: Keys, limit: int | None = None
+def entries(conn: StateRedis, keys: Keys, limit: int | None = None
             ) -> list[DeadLetter | Unreadable]:
     """Oldest first, an entry being replayed included; unreadable ones as ``Unreadable``."""
     if limit is not None and limit < 0:
@@ -163,7 +164,7 @@ def entries(conn: redis.Redis, keys: Keys, limit: int | None = None
     return [parse(raw) for raw in raws[:limit]]
 
 
-def size(conn: redis.Redis, keys: Keys) -> int:
+def size(conn: StateRedis, keys: Keys) -> int:
     """Entries waiting, an entry being replayed (or stranded by a crashed replay) included."""
     try:
         pipe = conn.pipeline(transaction=True)
@@ -175,7 +176,7 @@ def size(conn: redis.Redis, keys: Keys) -> int:
     return int(queued) + int(in_flight)
 
 
-def purge(conn: redis.Redis, keys: Keys) -> int:
+def purge(conn: StateRedis, keys: Keys) -> int:
     """Empty the queue; return how many entries were dropped."""
     try:
         pipe = conn.pipeline(transaction=True)
@@ -216,7 +217,7 @@ return removed
 """
 
 
-def replay(conn: redis.Redis, keys: Keys, publish: Callable[[DeadLetter], object], *,
+def replay(conn: StateRedis, keys: Keys, publish: Callable[[DeadLetter], object], *,
            lock_seconds: float = REPLAY_LOCK_SECONDS) -> ReplayReport:
     """Republish every entry, oldest first, removing each only once its publish succeeded.
 
@@ -243,7 +244,7 @@ def replay(conn: redis.Redis, keys: Keys, publish: Callable[[DeadLetter], object
     return report
 
 
-def _replay_entries(conn: redis.Redis, keys: Keys, publish: Callable[[DeadLetter], object],
+def _replay_entries(conn: StateRedis, keys: Keys, publish: Callable[[DeadLetter], object],
                     token: str, lock_ms: int, count: int) -> ReplayReport:
     side = replaying_key(keys)
     replayed = unreadable = 0

@@ -51,6 +51,7 @@ from memory_worker.guard import Guard
 from memory_worker.keys import Keys
 from memory_worker.observation import READ_PATHS, Samples, SimControl, http_call, scrape
 from memory_worker.probe import ProbeResult
+from memory_worker.redis_clients import StateRedis
 from memory_worker.runtime import Runtime
 from memory_worker.status import Status, read_status
 from memory_worker.zep import Failure
@@ -89,13 +90,13 @@ class Stack:
     recovery_wait_limit: float = 30.0
     clock: Clock = system_clock
     sleep: Callable[[float], None] = time.sleep
-    conn: redis.Redis = field(init=False)
+    conn: StateRedis = field(init=False)
     keys: Keys = field(init=False)
     _runtime: Runtime | None = field(default=None, init=False)
 
     def __post_init__(self) -> None:
         self.conn = state_client(self.settings)
-        self.keys = Keys(self.settings.key_prefix)
+        self.keys = Keys.of(self.settings)
 
     @property
     def base(self) -> modes.Mode:

@@ -54,7 +54,7 @@ from memory_worker.messages import (
 )
 from memory_worker.modes import base_mode
 from memory_worker.redaction import RedactionCounts, Redactor, phone_plan
-from memory_worker.redis_clients import state_redis
+from memory_worker.redis_clients import StateRedis, state_redis
 from memory_worker.spool import DrainReport, Outbox, Record
 
 log = logging.getLogger("memory_worker.enqueue")
@@ -94,7 +94,7 @@ class EnqueueResult:
     redactions: dict[str, int] = field(default_factory=dict)
 
 
-def enqueue_redis(settings: Settings) -> redis.Redis:
+def enqueue_redis(settings: Settings) -> StateRedis:
     """The enqueue path's Redis client: bounded timeouts, one retry after a short pause."""
     return state_redis(
         settings, decode_responses=True, socket_timeout=ENQUEUE_REDIS_TIMEOUT_S,
@@ -107,13 +107,13 @@ def enqueue_redis(settings: Settings) -> redis.Redis:
 class Publisher:
     """The write side of one process: its redactor, its broker and its outbox."""
 
-    def __init__(self, settings: Settings, conn: redis.Redis, send: Send, *,
+    def __init__(self, settings: Settings, conn: StateRedis, send: Send, *,
                  clock: Clock, outbox: Outbox | None = None) -> None:
         self._settings = settings
         self._conn = conn
         self._send = send
         self._clock = clock
-        self._keys = Keys(settings.key_prefix)
+        self._keys = Keys.of(settings)
         self._ledger = Ledger(conn, self._keys, settings.redeliver_after_seconds)
         self._outbox = outbox or Outbox(settings.spool_dir)
         self._redact = Redactor(redact_email=settings.redact_email,

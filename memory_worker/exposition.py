@@ -67,7 +67,6 @@ from types import FrameType
 from typing import Any
 from wsgiref.types import WSGIApplication
 
-import redis
 from celery.signals import worker_process_init, worker_process_shutdown
 from prometheus_client import REGISTRY, CollectorRegistry, make_asgi_app, make_wsgi_app
 from prometheus_client import multiprocess as prometheus_multiprocess
@@ -83,6 +82,7 @@ from memory_worker.errors import ConfigError
 from memory_worker.keys import Keys
 from memory_worker.logs import log_event
 from memory_worker.modes import base_mode, effective_mode, get_forced
+from memory_worker.redis_clients import StateRedis
 
 log = logging.getLogger("memory_worker.exposition")
 
@@ -101,10 +101,10 @@ Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
 AsgiApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 
-def live_state_reader(settings: Settings, conn: redis.Redis | None = None,
+def live_state_reader(settings: Settings, conn: StateRedis | None = None,
                       clock: Clock = system_clock) -> Callable[[], tuple[str, int]]:
     """``() -> (effective_mode, dlq_size)`` read from Redis; raises when Redis fails."""
-    keys = Keys(settings.key_prefix)
+    keys = Keys.of(settings)
     base = base_mode(write=settings.flag_zep_write, read=settings.flag_zep_read)
 
     def read() -> tuple[str, int]:
@@ -125,7 +125,7 @@ class _ProcessRegistry(Collector):
         return []
 
 
-def build_registry(settings: Settings | None = None, *, conn: redis.Redis | None = None,
+def build_registry(settings: Settings | None = None, *, conn: StateRedis | None = None,
                    clock: Clock = system_clock, live_state: bool = True) -> CollectorRegistry:
     """The registry to serve: process metrics (merged across processes) plus the live state.
 

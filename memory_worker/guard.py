@@ -19,14 +19,13 @@ import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-import redis
-
 from memory_worker import metrics
 from memory_worker.clock import Clock, system_clock
 from memory_worker.config import Settings
 from memory_worker.keys import Keys
 from memory_worker.logs import log_event
 from memory_worker.modes import ForcedRecord, Mode, announce_forced, base_mode, record_ttl_ms
+from memory_worker.redis_clients import StateRedis
 
 log = logging.getLogger("memory_worker.guard")
 
@@ -110,11 +109,11 @@ def escalated_hold(base_seconds: int, failures: int, cap_seconds: int,
 class Guard:
     """Shared downgrade state of one deployment, seen from one process."""
 
-    def __init__(self, conn: redis.Redis, settings: Settings, *, keys: Keys | None = None,
+    def __init__(self, conn: StateRedis, settings: Settings, *, keys: Keys | None = None,
                  clock: Clock = system_clock) -> None:
         self._conn = conn
         self._settings = settings
-        self._keys = keys or Keys(settings.key_prefix)
+        self._keys = keys or Keys.of(settings)
         self._clock = clock
         self._script = conn.register_script(_DOWNGRADE)
 

@@ -44,12 +44,11 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, cast
 
-import redis
-
-from memory_worker import metrics
+from memory_worker import metrics, write_slots
 from memory_worker.connections import as_text
 from memory_worker.keys import Keys
 from memory_worker.logs import log_event
+from memory_worker.redis_clients import StateRedis
 
 log = logging.getLogger("memory_worker.ledger")
 
@@ -107,12 +106,16 @@ end
 class Ledger:
     """The deployment's pending writes, seen from one process."""
 
-    def __init__(self, conn: redis.Redis, keys: Keys, redeliver_after_s: float) -> None:
+    def __init__(self, conn: StateRedis, keys: Keys, redeliver_after_s: float) -> None:
         self._conn = conn
         self._keys = keys
         self._slack = redeliver_after_s
-        self._enter = conn.register_script(_ENTER)
-        self._claim = conn.register_script(_CLAIM)
+        self._enter: Callable[..., Any]
+        self._claim: Callable[..., Any]
+        if keys.cluster:  # a message's keys and the index are in different slots
+            self._enter, self._claim = write_slots.Enter(conn), write_slots.Claim(conn)
+        else:
+            self._enter, self._claim = conn.register_script(_ENTER), conn.register_script(_CLAIM)
 
     def first_enqueue(self, client_msg_id: str, record: Mapping[str, Any], now: float,
                       marker_ttl_s: int) -> bool:
@@ -149,6 +152,9 @@ class Ledger:
 
     def settle(self, client_msg_id: str, *, done_marker_ttl_s: int | None = None) -> None:
         """Done (with its done-marker, in the same transaction) or dead-lettered."""
+        if self._keys.cluster:
+            self._settle_by_slot(client_msg_id, done_marker_ttl_s)
+            return
         pipe = self._conn.pipeline(transaction=True)
         if done_marker_ttl_s is not None:
             pipe.set(self._keys.write_done(client_msg_id), "1", ex=done_marker_ttl_s)
@@ -156,6 +162,18 @@ class Ledger:
         pipe.delete(self._keys.write_pending_record(client_msg_id),
                     self._keys.write_attempted(client_msg_id))
         pipe.execute()
+
+    def _settle_by_slot(self, client_msg_id: str, done_marker_ttl_s: int | None) -> None:
+        """``settle`` on a Redis Cluster: the message's keys in one transaction of its
+        slot, then the index entry. A process that dies between the two leaves an entry
+        whose record is gone, which the sweep takes out without publishing."""
+        pipe = self._conn.pipeline(transaction=True)
+        if done_marker_ttl_s is not None:
+            pipe.set(self._keys.write_done(client_msg_id), "1", ex=done_marker_ttl_s)
+        pipe.delete(self._keys.write_pending_record(client_msg_id),
+                    self._keys.write_attempted(client_msg_id))
+        pipe.execute()
+        self._conn.zrem(self._keys.write_pending, client_msg_id)
 
     def sweep(self, publish: Callable[[dict[str, Any]], None], now: float,
               limit: int = SWEEP_BATCH) -> SweepReport:

@@ -19,11 +19,10 @@ import math
 from dataclasses import asdict, dataclass
 from typing import Any
 
-import redis
-
 from memory_worker.connections import as_text, delete_if_value
 from memory_worker.keys import Keys
 from memory_worker.logs import log_event
+from memory_worker.redis_clients import StateRedis
 
 log = logging.getLogger("memory_worker.modes")
 
@@ -130,16 +129,16 @@ def parse_forced(raw: str | None, now: float, grace_seconds: int) -> ForcedRecor
     return None if record.stale(now, grace_seconds) else record
 
 
-def read_forced_raw(conn: redis.Redis, keys: Keys) -> str | None:
+def read_forced_raw(conn: StateRedis, keys: Keys) -> str | None:
     return as_text(conn.get(keys.forced))
 
 
-def get_forced(conn: redis.Redis, keys: Keys, *, now: float, grace_seconds: int
+def get_forced(conn: StateRedis, keys: Keys, *, now: float, grace_seconds: int
                ) -> ForcedRecord | None:
     return parse_forced(read_forced_raw(conn, keys), now, grace_seconds)
 
 
-def force(conn: redis.Redis, keys: Keys, record: ForcedRecord, *, base: Mode,
+def force(conn: StateRedis, keys: Keys, record: ForcedRecord, *, base: Mode,
           grace_seconds: int, now: float) -> ForcedRecord | None:
     """Write ``record`` unconditionally (an operator's force); return the record it replaced."""
     previous_raw = as_text(conn.set(
@@ -151,7 +150,7 @@ def force(conn: redis.Redis, keys: Keys, record: ForcedRecord, *, base: Mode,
     return previous
 
 
-def clear(conn: redis.Redis, keys: Keys, *, base: Mode, now: float, grace_seconds: int,
+def clear(conn: StateRedis, keys: Keys, *, base: Mode, now: float, grace_seconds: int,
           reason: str) -> ForcedRecord | None:
     """Remove the forced record whatever it holds; return it (None when there was none)."""
     removed = parse_forced(as_text(conn.getdel(keys.forced)), now, grace_seconds)
@@ -161,7 +160,7 @@ def clear(conn: redis.Redis, keys: Keys, *, base: Mode, now: float, grace_second
     return removed
 
 
-def clear_if_same(conn: redis.Redis, keys: Keys, raw: str, *, base: Mode, reason: str) -> bool:
+def clear_if_same(conn: StateRedis, keys: Keys, raw: str, *, base: Mode, reason: str) -> bool:
     """Compare-and-delete: clear only the record that was evaluated, not a newer one."""
     deleted = delete_if_value(conn, keys.forced, raw)
     if deleted:

@@ -24,8 +24,6 @@ import secrets
 from collections.abc import Callable
 from dataclasses import dataclass
 
-import redis
-
 from memory_worker import metrics
 from memory_worker.clock import Clock
 from memory_worker.config import Settings
@@ -41,6 +39,7 @@ from memory_worker.modes import (
     read_forced_raw,
     record_ttl_ms,
 )
+from memory_worker.redis_clients import StateRedis
 from memory_worker.zep import PROBE_SESSION as PROBE_SESSION
 from memory_worker.zep import ZepApi
 
@@ -71,7 +70,7 @@ class ProbeReport:
 
 
 class Prober:
-    def __init__(self, conn: redis.Redis, settings: Settings,
+    def __init__(self, conn: StateRedis, settings: Settings,
                  zep: ZepApi | Callable[[], ZepApi], *,
                  clock: Clock, keys: Keys | None = None) -> None:
         """``zep`` may be a factory: it is called only when a request is due."""
@@ -79,7 +78,7 @@ class Prober:
         self._settings = settings
         self._zep = zep
         self._clock = clock
-        self._keys = keys or Keys(settings.key_prefix)
+        self._keys = keys or Keys.of(settings)
         self._guard = Guard(conn, settings, keys=self._keys, clock=clock)
 
     def run(self) -> ProbeReport:

@@ -10,11 +10,17 @@ failed comes back as ``None``: the flow then fails open onto the process's
 A cache hit or a blocked read costs one Redis round trip (one ``MGET`` of the
 forced record, the cache entry and the 429 pause); a cache miss adds the Zep
 call and one script that caches, resets the failure count and records the
-latency sample together. Nothing else on the way of a hit or a blocked read
-waits or allocates much: the performers take the ``MGET`` step without driving
-the generator (``begin``, ``MGET``, ``decide``), the two read counters are
-per-thread tallies (``metrics.Tally``), and a forced record and a cache entry
-are parsed once per distinct stored value.
+latency sample together. On a Redis Cluster the cache entry and the
+deployment's keys are in different slots: the snapshot is an ``MGET`` of the
+forced record and the pause and a ``GET`` of the entry, pipelined (one round
+trip to each of at most two nodes, sent together), and the script after a
+miss is a ``SET`` of the entry and ``AFTER_READ_SHARED``.
+
+Nothing else on the way of a hit or a blocked read waits or allocates much:
+the performers take the ``MGET`` step without driving the generator
+(``begin``, ``MGET``, ``decide``), the two read counters are per-thread
+tallies (``metrics.Tally``), and a forced record and a cache entry are parsed
+once per distinct stored value.
 
 The whole read ends within ``MEMORY_READ_TIMEOUT_MS`` + 25 ms: the Zep call gets
 what is left of the budget after the snapshot, and each Redis step after it
@@ -101,6 +107,16 @@ end
 return tostring((values[n / 2] + values[n / 2 + 1]) / 2)
 """
 
+# Redis Cluster: the cache entry is in its thread's slot, the other keys in the
+# deployment's, and a script touches one slot. There the performer sets the
+# entry with a SET of its own and then runs this: ``AFTER_READ`` with the entry
+# left out (its KEYS from the second on; ARGV as above, the cache value '').
+# The two are independent and each is correct alone: an entry cached while the
+# script is lost (Redis failed between them) only leaves the failure count to
+# the next success; a script run without the entry only costs the next read a
+# miss. The entry goes first because it is what the next read of the thread uses.
+AFTER_READ_SHARED = "local KEYS = {'', unpack(KEYS)}\n" + AFTER_READ
+
 # KEYS: pause key; ARGV: until (epoch seconds), ttl ms. Only ever lengthens the pause.
 PAUSE = """
 local current = tonumber(redis.call('GET', KEYS[1]))
@@ -128,6 +144,15 @@ class AfterRead:
     keys: list[str]
     args: list[str | int | float]
     budget_seconds: float  # the longest this step may take; at most 0: no time left
+
+    def entry(self) -> tuple[str, str, int] | None:
+        """The cache entry to set (key, value, TTL in ms), None when there is none."""
+        value = str(self.args[3])
+        return (self.keys[0], value, int(self.args[4])) if value else None
+
+    def shared(self) -> tuple[list[str], list[str | int | float]]:
+        """``AFTER_READ_SHARED``'s keys and arguments: this step without its entry."""
+        return self.keys[1:], [*self.args[:3], "", *self.args[4:]]
 
 
 @dataclass(frozen=True)
@@ -182,6 +207,7 @@ class ReadPolicy:
         self._forced_key = self.keys.forced
         self._pause_key = self.keys.rate_limited_until
         self._ctx_prefix = f"{self.keys.prefix}ctx:"
+        self._cluster = self.keys.cluster
         self._grace = self.settings.grace_seconds
         self._all_done = (self.settings.read_timeout_ms / 1000 + READ_SLACK_SECONDS
                           - FLOW_MARGIN_SECONDS)
@@ -205,6 +231,8 @@ class ReadPolicy:
         metrics.read_counts.cell()[metrics.CONTEXT_REQUESTS] += 1
         if not self._reads:
             return None
+        if self._cluster:  # the entry's name carries its thread's hash tag
+            return [self._forced_key, self.keys.context(thread_id, view), self._pause_key]
         return [self._forced_key, f"{self._ctx_prefix}{thread_id}:{view}", self._pause_key]
 
     def disabled(self, started: float) -> Result:

@@ -48,6 +48,7 @@ from memory_worker.ledger import Ledger
 from memory_worker.probe import Prober
 from memory_worker.reader import (
     AFTER_READ,
+    AFTER_READ_SHARED,
     PAUSE,
     AfterRead,
     Context,
@@ -60,7 +61,7 @@ from memory_worker.reader import (
     Step,
     ZepRead,
 )
-from memory_worker.redis_clients import async_state_redis, state_redis
+from memory_worker.redis_clients import StateRedis, async_state_redis, state_redis
 from memory_worker.shapes import ReadMeta, ThreadContext
 from memory_worker.writer import Writer
 from memory_worker.zep import ZepApi, connect
@@ -82,14 +83,16 @@ class Runtime:
     def __init__(self, settings: Settings, *, clock: Clock = system_clock,
                  zep: ZepApi | None = None) -> None:
         self.settings = settings
-        self.keys = Keys(settings.key_prefix)
+        self.keys = Keys.of(settings)
         self.clock = clock
         self.conn = state_redis(
             settings, decode_responses=True, retry=Retry(NoBackoff(), 0),
             socket_timeout=READ_PATH_REDIS_TIMEOUT_S,
             socket_connect_timeout=READ_PATH_REDIS_TIMEOUT_S,
         )
-        self._pool = self.conn.connection_pool
+        # The hot path's MGET goes straight to a connection of this pool; a cluster's
+        # client has a pool per node and takes the pipelined ``_slot_snapshot``.
+        self._pool = self.conn.connection_pool if isinstance(self.conn, redis.Redis) else None
         self.guard = Guard(self.conn, settings, keys=self.keys, clock=clock)
         self.policy = ReadPolicy(settings, self.keys, self.guard, LocalGuard(settings), clock)
         self._zep = zep
@@ -97,7 +100,8 @@ class Runtime:
         # The steps after the Zep call: their own pool, every wait within the step's budget.
         self._bounded = deadline_client(settings, READ_PATH_REDIS_TIMEOUT_S)
         self._scripts = {
-            AfterRead: self._bounded.register_script(AFTER_READ),
+            AfterRead: self._bounded.register_script(
+                AFTER_READ_SHARED if settings.redis_cluster else AFTER_READ),
             RunGuard: self._bounded.register_script(GUARD_SCRIPT),
             Pause: self._bounded.register_script(PAUSE),
         }
@@ -128,7 +132,7 @@ class Runtime:
             shared_ssl_context()
 
     @property
-    def ops_conn(self) -> redis.Redis:
+    def ops_conn(self) -> StateRedis:
         """Redis with operator timeouts, for work off the chat's hot path (workers, probe)."""
         return state_client(self.settings)
 
@@ -213,6 +217,8 @@ class Runtime:
         if time.monotonic() < self._redis_down_until:
             return None
         pool = self._pool
+        if pool is None:
+            return self._slot_snapshot(keys)
         try:
             conn = pool.get_connection()
         except redis.RedisError:
@@ -229,12 +235,37 @@ class Runtime:
             pool.release(conn)
         return reply
 
+    def _slot_snapshot(self, keys: list[str]) -> list[Any] | None:
+        """The snapshot on a Redis Cluster, in the order of ``keys``; None when Redis fails.
+
+        The forced record and the pause share the deployment's slot (one
+        ``MGET``), the cache entry is in its thread's: one pipeline, whose
+        commands redis-py writes to each node before it reads any reply, so
+        the snapshot waits for about one round trip however many nodes it
+        touches (two at most). Each wait is bounded by the client's 50 ms
+        socket timeout, as on one server; a topology refresh that a failed
+        command asked for runs before the next command, on the same timeouts.
+        """
+        forced, entry, pause = keys
+        try:
+            pipe = self.conn.pipeline(transaction=False)
+            # The command, not pipe.mget(): redis-py refuses MGET's method in a pipeline.
+            pipe.execute_command("MGET", forced, pause)  # type: ignore[no-untyped-call]
+            pipe.get(entry)
+            (forced_raw, pause_raw), raw = pipe.execute()
+        except redis.RedisError:
+            self._redis_failed(Snapshot(keys))
+            return None
+        return [forced_raw, raw, pause_raw]
+
     def _perform(self, step: Step) -> Any:
         if type(step) is ZepRead:
             return self.zep.get_memory(step.thread_id, step.lastn, step.budget_seconds, step.view)
         if time.monotonic() < self._redis_down_until:
             return None
         if type(step) is Snapshot:  # the hot path: one MGET
+            if self._pool is None:
+                return self._slot_snapshot(step.keys)
             try:
                 return self.conn.execute_command("MGET", *step.keys)  # type: ignore[no-untyped-call]
             except redis.RedisError:
@@ -247,11 +278,23 @@ class Runtime:
             with within(step.budget_seconds):
                 if type(step) is RunGuard:
                     return self._scripts[RunGuard](keys=step.call.keys, args=step.call.args)
+                if type(step) is AfterRead and self._pool is None:
+                    return self._after_read_by_slot(step)
                 assert isinstance(step, AfterRead | Pause)
                 return self._scripts[type(step)](keys=step.keys, args=step.args)
         except redis.RedisError:
             self._redis_failed(step)
             return None
+
+    def _after_read_by_slot(self, step: AfterRead) -> Any:
+        """``AfterRead`` on a Redis Cluster: the entry's ``SET``, then ``AFTER_READ_SHARED``
+        (reader.py says why in this order); both within the step's deadline."""
+        entry = step.entry()
+        if entry is not None:
+            key, value, ttl_ms = entry
+            self._bounded.set(key, value, px=ttl_ms)
+        keys, args = step.shared()
+        return self._scripts[AfterRead](keys=keys, args=args)
 
     def _redis_failed(self, step: Step) -> None:
         self._redis_down_until = time.monotonic() + REDIS_DOWN_BACKOFF_S
@@ -329,7 +372,9 @@ class _AsyncRedis:
             socket_timeout=READ_PATH_REDIS_TIMEOUT_S,
             socket_connect_timeout=READ_PATH_REDIS_TIMEOUT_S,
         )
-        self.after_read = self.conn.register_script(AFTER_READ)
+        self._cluster = settings.redis_cluster
+        self.after_read = self.conn.register_script(
+            AFTER_READ_SHARED if self._cluster else AFTER_READ)
         self.guard = self.conn.register_script(GUARD_SCRIPT)
         self.pause = self.conn.register_script(PAUSE)
         self._waiting: list[tuple[list[str], asyncio.Future[Any]]] = []
@@ -348,7 +393,9 @@ class _AsyncRedis:
     async def _send_waiting(self) -> None:
         batch, self._waiting = self._waiting, []
         try:
-            if len(batch) == 1:
+            if self._cluster:
+                replies = await self._slot_snapshots([keys for keys, _ in batch])
+            elif len(batch) == 1:
                 replies = [await self.conn.mget(batch[0][0])]
             else:
                 pipe = self.conn.pipeline(transaction=False)
@@ -365,10 +412,33 @@ class _AsyncRedis:
             if not future.done():  # a caller that was cancelled no longer waits
                 future.set_result(reply)
 
+    async def _slot_snapshots(self, batch: list[list[str]]) -> list[list[Any]]:
+        """The snapshots of ``batch`` on a Redis Cluster: the deployment's two keys once
+        (one ``MGET``, the same for every read), each cache entry by its ``GET``; one
+        pipeline, sent to its nodes at once (``Runtime._slot_snapshot``)."""
+        forced, _, pause = batch[0]
+        pipe = self.conn.pipeline(transaction=False)
+        pipe.execute_command("MGET", forced, pause)
+        for keys in batch:
+            pipe.get(keys[1])
+        (forced_raw, pause_raw), *entries = await pipe.execute()
+        return [[forced_raw, raw, pause_raw] for raw in entries]
+
+    async def _after_read_by_slot(self, step: AfterRead) -> Any:
+        """``Runtime._after_read_by_slot``'s asyncio twin."""
+        entry = step.entry()
+        if entry is not None:
+            key, value, ttl_ms = entry
+            await self.conn.set(key, value, px=ttl_ms)
+        keys, args = step.shared()
+        return await self.after_read(keys=keys, args=args)
+
     def perform(self, step: Bounded) -> Awaitable[Any]:
         if isinstance(step, RunGuard):
             return self.guard(keys=step.call.keys, args=step.call.args)
         if isinstance(step, AfterRead):
+            if self._cluster:
+                return self._after_read_by_slot(step)
             return self.after_read(keys=step.keys, args=step.args)
         assert isinstance(step, Pause)
         return self.pause(keys=step.keys, args=step.args)

@@ -5,13 +5,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-import redis
-
 from memory_worker.breaker import CircuitState, circuit_state
 from memory_worker.config import Settings
 from memory_worker.dlq import replaying_key
 from memory_worker.keys import Keys
 from memory_worker.modes import ForcedRecord, Mode, base_mode, effective_mode, get_forced
+from memory_worker.redis_clients import StateRedis
 
 
 @dataclass(frozen=True)
@@ -71,7 +70,7 @@ def _as_float(raw: str | None) -> float | None:
         return None
 
 
-def read_status(conn: redis.Redis, settings: Settings, keys: Keys, *, now: float) -> Status:
+def read_status(conn: StateRedis, settings: Settings, keys: Keys, *, now: float) -> Status:
     base = base_mode(write=settings.flag_zep_write, read=settings.flag_zep_read)
     forced = get_forced(conn, keys, now=now, grace_seconds=settings.grace_seconds)
     pipe = conn.pipeline(transaction=False)

@@ -25,7 +25,9 @@ One delivery makes two round trips to Redis: one script before the Zep call
 marker, set only when the call is admitted) and, after a stored write, one
 after it (the breaker's success, the done-marker, the ledger settled, the
 lease released). A failed call records the failure with the breaker and
-releases the lease, as two more.
+releases the lease, as two more. On a Redis Cluster each of the two scripts
+runs as steps of one slot (``write_slots``: three before the call, two after
+it), in an order that keeps the guarantees above.
 
 Retries: 429 waits ``Retry-After`` plus jitter and is no breaker failure;
 timeouts, 5xx and connection errors are breaker failures and back off
@@ -49,10 +51,9 @@ import secrets
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
-import redis
-
-from memory_worker import metrics
+from memory_worker import metrics, write_slots
 from memory_worker.breaker import ALLOW_LUA, LUA_HELPERS, SUCCESS_LUA, Admission, Breaker
 from memory_worker.clock import Clock
 from memory_worker.config import Settings
@@ -61,6 +62,7 @@ from memory_worker.keys import Keys
 from memory_worker.ledger import SETTLE_LUA, Ledger
 from memory_worker.logs import log_event
 from memory_worker.messages import Payload, batches, zep_messages
+from memory_worker.redis_clients import StateRedis
 from memory_worker.zep import (
     Failure,
     OutgoingMessage,
@@ -162,18 +164,23 @@ def backoff(failures: int, rand: Callable[[float, float], float] = random.unifor
 
 
 class Writer:
-    def __init__(self, conn: redis.Redis, settings: Settings, zep: ZepApi, *,
+    def __init__(self, conn: StateRedis, settings: Settings, zep: ZepApi, *,
                  clock: Clock, keys: Keys | None = None, breaker: Breaker | None = None,
                  rand: Callable[[float, float], float] = random.uniform) -> None:
         self._conn = conn
         self._settings = settings
         self._zep = zep
         self._clock = clock
-        self._keys = keys or Keys(settings.key_prefix)
+        self._keys = keys or Keys.of(settings)
         self._breaker = breaker or Breaker(conn, self._keys, clock=clock)
         self._ledger = Ledger(conn, self._keys, settings.redeliver_after_seconds)
-        self._begin = conn.register_script(_BEGIN)
-        self._finish_script = conn.register_script(_FINISH)
+        self._begin: Callable[..., Any]
+        self._finish_script: Callable[..., Any]
+        if self._keys.cluster:  # a message's keys and the shared ones are in different slots
+            self._begin, self._finish_script = write_slots.Begin(conn), write_slots.Finish(conn)
+        else:
+            self._begin = conn.register_script(_BEGIN)
+            self._finish_script = conn.register_script(_FINISH)
         self._rand = rand
 
     def deliver(self, payload: Payload, failures: int = 0, retries: int | None = None

@@ -54,7 +54,7 @@ from memory_worker.logs import log_event
 from memory_worker.zep_http import Call, Clients, acall, call_on_pool, parse_retry_after
 
 if TYPE_CHECKING:
-    import redis
+    from memory_worker.redis_clients import StateRedis
 
 log = logging.getLogger("memory_worker.zep")
 
@@ -171,7 +171,7 @@ class ZepApi(Protocol):
     async def aclose(self) -> None: ...
 
 
-def connect(settings: Settings, conn: redis.Redis | None = None) -> ZepApi:
+def connect(settings: Settings, conn: StateRedis | None = None) -> ZepApi:
     """The Zep client of ``ZEP_API_VERSION``; v4 keeps its id mapping in ``conn``.
 
     With tracing on (``tracing``), each of its calls is a span."""

@@ -59,6 +59,7 @@ from zep_cloud.core.parse_error import ParsingError
 from memory_worker.config import Settings
 from memory_worker.errors import ConfigError, InvalidRequest
 from memory_worker.keys import Keys
+from memory_worker.redis_clients import StateRedis
 from memory_worker.zep import (
     LANDED_WINDOW,
     PROBE_SESSION,
@@ -95,7 +96,7 @@ class ZepV4Client:
         self,
         base_url: str,
         api_key: str,
-        conn: redis.Redis,
+        conn: StateRedis,
         *,
         keys: Keys | None = None,
         read_budget_seconds: float = 0.25,
@@ -114,14 +115,14 @@ class ZepV4Client:
         self._ids = Identities(conn, keys or Keys(), self)
 
     @classmethod
-    def from_settings(cls, settings: Settings, conn: redis.Redis) -> ZepV4Client:
+    def from_settings(cls, settings: Settings, conn: StateRedis) -> ZepV4Client:
         if not settings.zep_api_url:
             raise ConfigError("ZEP_API_URL", "required to talk to Zep")
         if not settings.zep_api_key:
             raise ConfigError("ZEP_API_KEY", "required to talk to Zep")
         return cls(
             settings.zep_api_url, settings.zep_api_key, conn,
-            keys=Keys(settings.key_prefix),
+            keys=Keys.of(settings),
             read_budget_seconds=settings.read_timeout_ms / 1000,
             write_budget_seconds=settings.zep_timeout_ms / 1000,
             probe_budget_seconds=settings.probe_timeout_ms / 1000,

@@ -51,12 +51,12 @@ from collections.abc import Awaitable, Callable
 from functools import partial
 from typing import Any, Protocol, TypeVar
 
-import redis
 from zep_cloud.client import Zep
 
-from memory_worker.connections import as_text, delete_if_value
+from memory_worker.connections import as_text, delete_if_value, get_many
 from memory_worker.ids import is_valid_id
 from memory_worker.keys import Keys
+from memory_worker.redis_clients import StateRedis
 from memory_worker.zep import Failure, Reason, WriteStatus
 
 _T = TypeVar("_T")
@@ -129,7 +129,7 @@ class _Cache:
 class Identities:
     """The uuids of threads and users, from the cache, Redis or Zep."""
 
-    def __init__(self, conn: redis.Redis, keys: Keys, steps: Steps) -> None:
+    def __init__(self, conn: StateRedis, keys: Keys, steps: Steps) -> None:
         self._conn = conn
         self._keys = keys
         self._steps = steps
@@ -246,8 +246,8 @@ class Identities:
                 return _uuid_of(thread)
         if not uuids:
             return None
-        owners = self._steps.redis(deadline, lambda: self._conn.mget(
-            [self._keys.zep_thread_owner(u) for u in uuids]))
+        owners = self._steps.redis(deadline, lambda: get_many(
+            self._conn, [self._keys.zep_thread_owner(u) for u in uuids]))
         unknown = []
         for thread_uuid, owner in zip(uuids, owners, strict=True):
             if as_text(owner) == thread_id:

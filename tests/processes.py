@@ -214,8 +214,8 @@ class PrivateRedis:
     """A redis-server of the test's own, on a free port, that the test may stop and restart."""
 
     def __init__(self, directory: Path, *, appendonly: bool = False,
-                 args: tuple[str, ...] = ()) -> None:
-        self.port = free_port()
+                 args: tuple[str, ...] = (), port: int | None = None) -> None:
+        self.port = port or free_port()
         self.directory = directory
         self.appendonly = appendonly
         self.args = args  # more redis-server options, e.g. --replicaof
@@ -381,6 +381,95 @@ class PrivateSentinels:
             server.stop()
 
     def __enter__(self) -> PrivateSentinels:
+        try:
+            return self.start()
+        except BaseException:
+            self.stop()
+            raise
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def cluster_port() -> int:
+    """A free port whose cluster bus port (10000 above it) is free too."""
+    import socket
+
+    while True:
+        port = free_port()
+        if port + 10000 > 65535:
+            continue
+        with socket.socket() as bus:
+            try:
+                bus.bind(("127.0.0.1", port + 10000))
+            except OSError:
+                continue
+        return port
+
+
+class PrivateCluster:
+    """A Redis Cluster of the test's own: three masters, no replicas, each a
+    ``PrivateRedis`` on a free loopback port with ``--cluster-enabled yes``;
+    ``start`` returns once ``CLUSTER INFO`` says ``cluster_state:ok`` on every node.
+    ``url`` names the first node (the value of ``REDIS_URL``)."""
+
+    def __init__(self, directory: Path, masters: int = 3) -> None:
+        self.directory = directory
+        self.servers = [
+            PrivateRedis(directory / f"node-{n}", port=cluster_port(), args=(
+                "--cluster-enabled", "yes",
+                "--cluster-config-file", str(directory / f"node-{n}" / "nodes.conf"),
+                "--cluster-node-timeout", "2000"))
+            for n in range(masters)]
+        self.url = self.servers[0].url
+
+    def start(self) -> PrivateCluster:
+        import shutil
+
+        cli = shutil.which("redis-cli")
+        if cli is None:
+            raise AssertionError("redis-cli is not installed (make test installs it)")
+        for server in self.servers:
+            server.start()
+        subprocess.run([cli, "--cluster", "create",
+                        *(f"127.0.0.1:{server.port}" for server in self.servers),
+                        "--cluster-replicas", "0", "--cluster-yes"],
+                       check=True, capture_output=True, timeout=60)
+        wait_for(self._ok, 30, "the cluster to be ok on every node")
+        return self
+
+    def _ok(self) -> bool:
+        import redis
+
+        for server in self.servers:
+            try:
+                with redis.Redis(port=server.port, socket_timeout=0.5,
+                                 decode_responses=True) as node:
+                    info: Any = node.execute_command("CLUSTER INFO")
+            except redis.RedisError:
+                return False
+            if info.get("cluster_state") != "ok":  # redis-py parses CLUSTER INFO
+                return False
+        return True
+
+    def client(self) -> Any:
+        """A ``redis.cluster.RedisCluster`` of it (strings decoded), for look-ups."""
+        from redis.cluster import RedisCluster
+
+        return RedisCluster(host="127.0.0.1", port=self.servers[0].port, socket_timeout=1,
+                            decode_responses=True)
+
+    def flush(self) -> None:
+        """Empty every node (a cluster has one database, shared by the module's tests)."""
+        for server in self.servers:
+            with server.client() as node:
+                node.flushall()
+
+    def stop(self) -> None:
+        for server in self.servers:
+            server.stop()
+
+    def __enter__(self) -> PrivateCluster:
         try:
             return self.start()
         except BaseException:

@@ -37,6 +37,7 @@ BAD_VALUES = {
     "REDIS_URL": "localhost:6379",
     "REDIS_SENTINELS": "sentinel-a:26379,sentinel-b",
     "REDIS_SENTINEL_MASTER": "my master",
+    "REDIS_CLUSTER": "cluster",
     "CELERY_BROKER_URL": "kafka://broker",
     "CELERY_BROKER_SENTINEL_MASTER": "queue master",
     "MEMORY_KEY_PREFIX": " ",
@@ -238,3 +239,31 @@ def test_a_sentinel_broker_needs_a_master_name() -> None:
     named = Settings.from_env({**broker, "CELERY_BROKER_SENTINEL_MASTER": "queues"})
     assert named.broker_url == broker["CELERY_BROKER_URL"]
     assert named.broker_sentinel_master == "queues"
+
+
+CLUSTER = {"REDIS_CLUSTER": "1", "REDIS_URL": "redis://app:s3cr3t@10.0.0.7:7000/0",
+           "CELERY_BROKER_URL": "redis://broker:6379/0"}
+
+
+def test_redis_cluster_is_off_unless_set_and_names_one_node_in_redis_url() -> None:
+    """REDIS_CLUSTER turns the cluster on; REDIS_URL then names one of its nodes."""
+    assert Settings.from_env({}).redis_cluster is False
+    s = Settings.from_env(CLUSTER)
+    assert s.redis_cluster is True and s.redis_url == CLUSTER["REDIS_URL"]
+    assert s.broker_url == "redis://broker:6379/0"
+
+
+@pytest.mark.parametrize(("change", "variable"), [
+    ({"CELERY_BROKER_URL": ""}, "CELERY_BROKER_URL"),
+    ({"REDIS_URL": "unix://localhost/run/redis.sock"}, "REDIS_URL"),
+    ({"REDIS_URL": "redis://10.0.0.7:7000/3"}, "REDIS_URL"),
+    ({"MEMORY_KEY_PREFIX": "{mem}:"}, "MEMORY_KEY_PREFIX"),
+    (SENTINELS, "REDIS_CLUSTER"),
+])
+def test_a_cluster_state_store_refuses_what_it_cannot_serve(change: dict[str, str],
+                                                             variable: str) -> None:
+    """No Celery broker on a cluster, no socket, no database but 0, no braces in the
+    prefix (the hash tags are built from it), no Sentinel besides."""
+    with pytest.raises(ConfigError) as info:
+        Settings.from_env({**CLUSTER, **change})
+    assert info.value.variable == variable and "s3cr3t" not in str(info.value)

@@ -8,6 +8,7 @@ import json
 from typing import Any
 
 import redis
+import redis.asyncio as aredis
 
 from memory_worker.config import Settings
 from memory_worker.keys import Keys
@@ -25,7 +26,9 @@ def test_concurrent_async_reads_share_round_trips_and_each_gets_its_own_answer(
 
     async def scenario() -> tuple[list[Any], int]:
         results = await asyncio.gather(*(runtime.afetch(f"c-{i}", "facts") for i in range(300)))
-        pool = runtime._async_redis().conn.connection_pool
+        client = runtime._async_redis().conn
+        assert isinstance(client, aredis.Redis)  # one server: one pool
+        pool = client.connection_pool
         return list(results), len(pool._available_connections) + len(pool._in_use_connections)
 
     results, connections = asyncio.run(scenario())
