@@ -91,7 +91,9 @@ def test_the_dead_letter_queue_is_empty(report: dict[str, Any]) -> None:
 def test_no_read_overran_its_budget(report: dict[str, Any]) -> None:
     reads = report["reads"]
     assert reads["count"] >= PLAN.messages // PLAN.read_every
-    assert reads["max_ms"] <= reads["budget_ms"], reads
+    # Less what the machine took from each read (tests.stalls); the wall-clock figures
+    # are in the report beside it.
+    assert reads["max_own_ms"] <= reads["budget_ms"], reads
 
 
 def test_the_outage_downgraded_once_and_reads_came_back(report: dict[str, Any]) -> None:
