@@ -85,8 +85,7 @@ from tests.stalls import CollectorPauses, timed
 
 KEY = "soak-dummy-key"  # the simulator's key: a dummy, not a secret
 WRITES = "/api/v2/sessions*"  # session creation and memory adds (POST)
-ADDS = "/api/v2/sessions/*/memory"  # memory adds (POST)
-READS = "/api/v2/sessions/*/memory"  # context reads (GET)
+MEMORY = "/api/v2/sessions/*/memory"  # memory adds (POST) and context reads (GET)
 ZEP_APIS = ("v2", "v4")
 # Which turns a producer reads the threads of: the SPAN turns before its last LAG ones.
 READ_LAG = {"v2": 0, "v4": 120}
@@ -99,7 +98,7 @@ READ_SPAN = {"v2": 40, "v4": 200}
 # each would fail half or more of those first deliveries, past the write circuit's
 # failure-rate threshold from the first second, so the circuit, not the weather, would
 # meet the writes. Every delivery meets the stated odds once.
-_PATHS = {"v2": (ADDS, WRITES, READS, "/api/v2/*"),
+_PATHS = {"v2": (MEMORY, WRITES, MEMORY, "/api/v2/*"),
           "v4": ("/api/v4/threads/*/messages", "/api/v4/*", "/api/v4/threads/*",
                  "/api/v4/*")}
 BUDGET_SLACK_MS = 25.0

@@ -52,13 +52,9 @@ class CollectorPauses:
         return self
 
     def stop(self) -> None:
-        gc.callbacks.remove(self._noted)
-
-    def __enter__(self) -> CollectorPauses:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
+        """Stop noting pauses; a second call does nothing."""
+        if self._noted in gc.callbacks:
+            gc.callbacks.remove(self._noted)
 
     def _noted(self, phase: str, info: dict[str, Any]) -> None:
         # One collection runs at a time: "start" and "stop" alternate.
@@ -69,10 +65,18 @@ class CollectorPauses:
                 self._pauses.append((self._began, time.perf_counter()))
 
     def within(self, begin: float, end: float) -> float:
-        """Seconds of pause between ``begin`` and ``end``."""
+        """Seconds of pause between ``begin`` and ``end``.
+
+        Pauses are noted in time order: the scan runs back from the newest and
+        stops at the first that ended before ``begin``, so a long run's history
+        is not read again for each read."""
+        total = 0.0
         with self._lock:
-            return sum(max(0.0, min(end, stop) - max(begin, start))
-                       for start, stop in self._pauses)
+            for start, stop in reversed(self._pauses):
+                if stop <= begin:
+                    break
+                total += max(0.0, min(end, stop) - max(begin, start))
+        return total
 
 
 def timed(pauses: CollectorPauses, call: Callable[[], Any]) -> tuple[Any, float, float]:

@@ -87,7 +87,7 @@ class Read:
     seconds: float
     meta: Meta
     answered: bool  # context was returned
-    held: float = 0.0  # seconds others held the thread off the CPU (tests.stalls)
+    held: float  # seconds others held the thread off the CPU (tests.stalls)
 
     @property
     def own_seconds(self) -> float:
@@ -141,8 +141,7 @@ class Traffic:
         self._stop.set()
         for thread in self._threads:
             thread.join(timeout=10)
-        with contextlib.suppress(ValueError):  # stopped already
-            self._pauses.stop()
+        self._pauses.stop()
 
     def reads(self, since: float = 0.0, until: float = float("inf")) -> list[Read]:
         with self._lock:
