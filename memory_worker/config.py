@@ -31,7 +31,7 @@ def _boolean(raw: str) -> bool:
     raise ValueError(f"expected true or false, got {raw!r}")
 
 
-def _integer(minimum: int) -> Callable[[str], int]:
+def _integer(minimum: int, maximum: int | None = None) -> Callable[[str], int]:
     def parse(raw: str) -> int:
         try:
             value = int(raw.strip())
@@ -39,6 +39,8 @@ def _integer(minimum: int) -> Callable[[str], int]:
             raise ValueError(f"expected a whole number, got {raw!r}") from None
         if value < minimum:
             raise ValueError(f"must be at least {minimum}, got {value}")
+        if maximum is not None and value > maximum:
+            raise ValueError(f"must be at most {maximum}, got {value}")
         return value
 
     return parse
@@ -156,6 +158,8 @@ class Settings:
     max_content_chars: int = 100_000
     write_max_retries: int = 12
     write_max_age_seconds: int = 86_400
+    # Queued messages of one thread a worker sends in one Zep add (1: each alone).
+    write_batch_max: int = 30
     broker_visibility_timeout_seconds: int = 3600
     redeliver_after_seconds: int = 600
     redis_url: str = "redis://127.0.0.1:6379/0"
@@ -344,6 +348,7 @@ _VARIABLES: dict[str, tuple[str, Callable[[str], Any]]] = {
     "MEMORY_MAX_CONTENT_CHARS": ("max_content_chars", _integer(1)),
     "MEMORY_WRITE_MAX_RETRIES": ("write_max_retries", _integer(0)),
     "MEMORY_WRITE_MAX_AGE_SECONDS": ("write_max_age_seconds", _integer(1)),
+    "MEMORY_WRITE_BATCH_MAX": ("write_batch_max", _integer(1, 30)),
     "MEMORY_BROKER_VISIBILITY_TIMEOUT_SECONDS": ("broker_visibility_timeout_seconds", _integer(1)),
     "MEMORY_REDELIVER_AFTER_SECONDS": ("redeliver_after_seconds", _integer(1)),
     "REDIS_URL": ("redis_url", _url(*_REDIS_SCHEMES)),

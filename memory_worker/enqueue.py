@@ -248,7 +248,8 @@ class Publisher:
             self._outbox.append(record)
         except OSError as exc:
             if not record.get(UNCHECKED):
-                self._forget(str(record["payload"]["client_msg_id"]))
+                self._forget(str(record["payload"]["client_msg_id"]),
+                             str(record["payload"]["thread_id"]))
             raise OutboxUnavailable(
                 f"{'Redis' if record.get(UNCHECKED) else 'broker'} unreachable and the outbox "
                 f"at {self._settings.spool_dir} cannot be written: "
@@ -258,11 +259,11 @@ class Publisher:
                   client_msg_id=record["payload"]["client_msg_id"])
         self._spooled()
 
-    def _forget(self, client_msg_id: str) -> None:
+    def _forget(self, client_msg_id: str, thread_id: str) -> None:
         """Undo the marker and ledger entry of a message that was neither published nor kept."""
         try:
             self._conn.delete(self._keys.enqueued(client_msg_id))
-            self._ledger.settle(client_msg_id)
+            self._ledger.settle(client_msg_id, thread_id=thread_id)
         except redis.RedisError:
             metrics.safe_inc(metrics.redis_errors, op="enqueue")
 

@@ -122,6 +122,12 @@ class Keys:
         """Set when an attempt begins: a later one first asks Zep what already landed."""
         return f"{self.prefix}write:attempted:{self._own(client_msg_id)}"
 
+    def write_thread(self, thread_id: str) -> str:
+        """A thread's messages on their way (sorted by enqueue time), so that a worker can
+        send those queued together in one add. Not kept on a Redis Cluster, which
+        sends each message alone."""
+        return f"{self.prefix}write:thread:{thread_id}"
+
     def enqueued(self, client_msg_id: str) -> str:
         return f"{self.prefix}write:enqueued:{self._own(client_msg_id)}"
 

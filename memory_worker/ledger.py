@@ -57,15 +57,20 @@ SWEEP_BATCH = 500
 
 MAX_BACKOFF_DOUBLINGS = 6
 
-# KEYS: pending set, record[, duplicate marker]. ARGV: record JSON, record TTL,
-# deadline, client_msg_id[, marker TTL]. With a marker, the message is entered only
-# when the marker was not set yet. 1 when it was entered.
+# KEYS: pending set, record, duplicate marker, thread index. ARGV: record JSON, record
+# TTL, deadline, client_msg_id, marker TTL ('' for no marker: the message is entered
+# whatever the marker), enqueue time (the thread index's score). With a marker, the
+# message is entered only when the marker was not set yet. 1 when it was entered.
 _ENTER = """
-if KEYS[3] and not redis.call('SET', KEYS[3], '1', 'NX', 'EX', ARGV[5]) then return 0 end
+if ARGV[5] ~= '' and not redis.call('SET', KEYS[3], '1', 'NX', 'EX', ARGV[5]) then
+  return 0
+end
 redis.call('DEL', KEYS[2])
 redis.call('HSET', KEYS[2], 'record', ARGV[1], 'republished', 0)
 redis.call('EXPIRE', KEYS[2], ARGV[2])
 redis.call('ZADD', KEYS[1], ARGV[3], ARGV[4])
+redis.call('ZADD', KEYS[4], ARGV[6], ARGV[4])
+redis.call('EXPIRE', KEYS[4], ARGV[2])
 return 1
 """
 
@@ -131,9 +136,14 @@ class Ledger:
         keys = [self._keys.write_pending, self._keys.write_pending_record(client_msg_id)]
         args: list[str | int] = [json.dumps(record), RECORD_TTL_S, repr(now + self._slack),
                                  client_msg_id]
-        if marker_ttl_s is not None:
-            keys.append(self._keys.enqueued(client_msg_id))
-            args.append(marker_ttl_s)
+        if self._keys.cluster:  # no thread index: a cluster sends each message alone
+            if marker_ttl_s is not None:
+                keys.append(self._keys.enqueued(client_msg_id))
+                args.append(marker_ttl_s)
+            return bool(self._enter(keys=keys, args=args))
+        thread_id = str(record["payload"]["thread_id"])
+        keys += [self._keys.enqueued(client_msg_id), self._keys.write_thread(thread_id)]
+        args += ["" if marker_ttl_s is None else marker_ttl_s, repr(now)]
         return bool(self._enter(keys=keys, args=args))
 
     def pending(self, client_msg_id: str) -> bool:
@@ -150,8 +160,10 @@ class Ledger:
         return [self._keys.write_pending, self._keys.write_pending_record(client_msg_id),
                 self._keys.write_attempted(client_msg_id), self._keys.write_done(client_msg_id)]
 
-    def settle(self, client_msg_id: str, *, done_marker_ttl_s: int | None = None) -> None:
-        """Done (with its done-marker, in the same transaction) or dead-lettered."""
+    def settle(self, client_msg_id: str, *, done_marker_ttl_s: int | None = None,
+               thread_id: str | None = None) -> None:
+        """Done (with its done-marker, in the same transaction) or dead-lettered. Without
+        ``thread_id`` the thread index keeps the entry until a worker finds it settled."""
         if self._keys.cluster:
             self._settle_by_slot(client_msg_id, done_marker_ttl_s)
             return
@@ -159,6 +171,8 @@ class Ledger:
         if done_marker_ttl_s is not None:
             pipe.set(self._keys.write_done(client_msg_id), "1", ex=done_marker_ttl_s)
         pipe.zrem(self._keys.write_pending, client_msg_id)
+        if thread_id is not None:
+            pipe.zrem(self._keys.write_thread(thread_id), client_msg_id)
         pipe.delete(self._keys.write_pending_record(client_msg_id),
                     self._keys.write_attempted(client_msg_id))
         pipe.execute()

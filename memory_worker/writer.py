@@ -45,6 +45,7 @@ failure.
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import random
 import secrets
@@ -61,7 +62,7 @@ from memory_worker.connections import as_text, delete_if_value
 from memory_worker.keys import Keys
 from memory_worker.ledger import SETTLE_LUA, Ledger
 from memory_worker.logs import log_event
-from memory_worker.messages import Payload, batches, zep_messages
+from memory_worker.messages import BATCH_SIZE, Payload, batches, split, zep_messages
 from memory_worker.redis_clients import StateRedis
 from memory_worker.zep import (
     Failure,
@@ -109,17 +110,29 @@ Verdict = Done | Retry | DeadLetter
 # ``_FINISH`` after a stored write (a failed one records it with the breaker and
 # releases the lease, as before).
 #
-# _BEGIN. KEYS: done-marker, lease, attempted marker, circuit. ARGV: lease token,
-# lease ms, marker ttl s, expired (1|0), then ``allow``'s arguments (now, trial lease),
-# then the settle time in seconds. {0}: done already; {1, pttl}: another worker holds
-# the lease; {3}: expired (lease released); {5, ms}: an earlier attempt began less than
-# the settle time ago, wait this long before looking at what it stored (lease
-# released); {4, n, verdict, until}: the circuit admits no call now (lease released);
-# {2, n, verdict[, until]}: this caller holds the lease and may call Zep, the attempted
-# marker holds the start of this attempt. n = 1 when an earlier attempt began (its
-# outcome may be unknown).
+# _BEGIN. KEYS: done-marker, lease, attempted marker, circuit[, thread index]. ARGV:
+# lease token, lease ms, marker ttl s, expired (1|0), then ``allow``'s arguments (now,
+# trial lease), then the settle time in seconds[, how many of the thread's queued
+# messages to list]. {0}: done already; {6}: done already, stored with another
+# message's add (the done-marker reads 'b' until this, the message's own delivery,
+# comes: from then on it reads '1' and a later copy is a duplicate); {1, pttl}: another
+# worker holds the lease; {3}: expired (lease released); {5, ms}: an earlier attempt
+# began less than the settle time ago, wait this long before looking at what it stored
+# (lease released); {4, n, verdict, until}: the circuit admits no call now (lease
+# released); {2, n, verdict[, until]}: this caller holds the lease and may call Zep,
+# the attempted marker holds the start of this attempt. n = 1 when an earlier attempt
+# began (its outcome may be unknown). When no earlier attempt began and the circuit is
+# closed, {2, 0, 'closed', ...} goes on with the first ids of the thread index, the
+# thread's messages on their way in enqueue order (the caller's own among them).
 _BEGIN = LUA_HELPERS + ALLOW_LUA + """
-if redis.call('EXISTS', KEYS[1]) == 1 then return {0} end
+local done = redis.call('GET', KEYS[1])
+if done then
+  if done == 'b' then
+    redis.call('SET', KEYS[1], '1', 'KEEPTTL')
+    return {6}
+  end
+  return {0}
+end
 if not redis.call('SET', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[2]) then
   return {1, redis.call('PTTL', KEYS[2])}
 end
@@ -143,16 +156,71 @@ if admission[1] == 'open' or admission[1] == 'busy' then
   return {4, before, admission[1], admission[2]}
 end
 redis.call('SET', KEYS[3], ARGV[5], 'EX', ARGV[3])
+if admission[1] == 'closed' and before == 0 and KEYS[5] and tonumber(ARGV[8]) > 0 then
+  return {2, 0, 'closed', unpack(redis.call('ZRANGE', KEYS[5], 0, tonumber(ARGV[8]) - 1))}
+end
 return {2, before, admission[1], admission[2]}
 """
 
+# _GATHER, the companions of a write: queued messages of the same thread that nobody is
+# writing and nobody has tried to write. KEYS: thread index, then four per candidate:
+# done-marker, attempted marker, lease, ledger record. ARGV: lease token, lease ms, now,
+# marker ttl s, how many to take at most, then the candidates' ids. Each one taken gets
+# the caller's lease and its attempted marker, as its own delivery would; an entry
+# whose message is done or has left the ledger leaves the index. Returns id, record,
+# id, record... of those taken.
+_GATHER = """
+local taken = {}
+for i = 6, #ARGV do
+  if #taken >= 2 * tonumber(ARGV[5]) then break end
+  local k = 2 + (i - 6) * 4
+  local record = redis.call('HGET', KEYS[k + 3], 'record')
+  if not record or redis.call('EXISTS', KEYS[k]) == 1 then
+    redis.call('ZREM', KEYS[1], ARGV[i])
+  elseif redis.call('EXISTS', KEYS[k + 1]) == 0
+      and redis.call('SET', KEYS[k + 2], ARGV[1], 'NX', 'PX', ARGV[2]) then
+    redis.call('SET', KEYS[k + 1], ARGV[3], 'EX', ARGV[4])
+    taken[#taken + 1] = ARGV[i]
+    taken[#taken + 1] = record
+  end
+end
+return taken
+"""
+
+# _RELEASE, companions that were not stored. KEYS: two per companion: lease, attempted
+# marker. ARGV: lease token, forget (1|0: nothing of them can have reached Zep, so their
+# own delivery need not look before sending). Only while the lease is still the caller's.
+_RELEASE = """
+for k = 1, #KEYS, 2 do
+  if redis.call('GET', KEYS[k]) == ARGV[1] then
+    redis.call('DEL', KEYS[k])
+    if ARGV[2] == '1' then redis.call('DEL', KEYS[k + 1]) end
+  end
+end
+return 1
+"""
+
 # _FINISH, after a stored write. KEYS: circuit, then ``settle``'s keys (pending set,
-# record, attempted marker, done-marker), lease. ARGV: ``success``'s five arguments,
-# client_msg_id, done-marker ttl s, lease token. Returns ``success``'s reply.
+# record, attempted marker, done-marker), lease[, thread index, then four per companion
+# stored in the same add: done-marker, attempted marker, lease, record]. ARGV:
+# ``success``'s five arguments, client_msg_id, done-marker ttl s, lease token, then the
+# companions' ids. A companion's done-marker reads 'b' (see _BEGIN). Returns
+# ``success``'s reply.
 _FINISH = LUA_HELPERS + SUCCESS_LUA + SETTLE_LUA + """
 local closed = success(KEYS[1], {ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]})
 settle({KEYS[2], KEYS[3], KEYS[4], KEYS[5]}, ARGV[6], ARGV[7])
 if redis.call('GET', KEYS[6]) == ARGV[8] then redis.call('DEL', KEYS[6]) end
+if KEYS[7] then
+  redis.call('ZREM', KEYS[7], ARGV[6])
+  for i = 9, #ARGV do
+    local k = 8 + (i - 9) * 4
+    redis.call('SET', KEYS[k], 'b', 'EX', ARGV[7])
+    redis.call('DEL', KEYS[k + 1], KEYS[k + 3])
+    if redis.call('GET', KEYS[k + 2]) == ARGV[8] then redis.call('DEL', KEYS[k + 2]) end
+    redis.call('ZREM', KEYS[2], ARGV[i])
+    redis.call('ZREM', KEYS[7], ARGV[i])
+  end
+end
 return closed
 """
 
@@ -176,11 +244,19 @@ class Writer:
         self._ledger = Ledger(conn, self._keys, settings.redeliver_after_seconds)
         self._begin: Callable[..., Any]
         self._finish_script: Callable[..., Any]
+        # How many ids of a thread's queue to look at for companions: twice as many as
+        # an add takes, so that some held by another worker do not leave it short. A
+        # Redis Cluster keeps no thread index (a message's keys are in its own slot).
+        self._listed = 0
         if self._keys.cluster:  # a message's keys and the shared ones are in different slots
             self._begin, self._finish_script = write_slots.Begin(conn), write_slots.Finish(conn)
         else:
             self._begin = conn.register_script(_BEGIN)
             self._finish_script = conn.register_script(_FINISH)
+            self._gather_script = conn.register_script(_GATHER)
+            self._release_script = conn.register_script(_RELEASE)
+            if settings.write_batch_max > 1:
+                self._listed = 2 * settings.write_batch_max
         self._rand = rand
 
     def deliver(self, payload: Payload, failures: int = 0, retries: int | None = None
@@ -190,16 +266,21 @@ class Writer:
         cmid = payload.client_msg_id
         lease_key = self._keys.write_lease(cmid)
         token = secrets.token_hex(8)
-        reply = [as_text(item) or "" for item in self._begin(
-            keys=[self._keys.write_done(cmid), lease_key, self._keys.write_attempted(cmid),
-                  self._breaker.key],
-            args=[token, self._lease_ms(), self._settings.write_max_age_seconds + 3600,
-                  "1" if self._expired(payload) else "0", *self._breaker.allow_args(),
-                  self._settle_seconds()])]
+        keys = [self._keys.write_done(cmid), lease_key, self._keys.write_attempted(cmid),
+                self._breaker.key]
+        args = [token, self._lease_ms(), self._marker_ttl(),
+                "1" if self._expired(payload) else "0", *self._breaker.allow_args(),
+                self._settle_seconds()]
+        if self._listed:
+            keys.append(self._keys.write_thread(payload.thread_id))
+            args.append(self._listed)
+        reply = [as_text(item) or "" for item in self._begin(keys=keys, args=args)]
         code = int(reply[0])
         if code == 0:
             metrics.safe_inc(metrics.write_skipped, reason="already_done")
             return Done("already_done")
+        if code == 6:  # stored with another message's add: this is its first delivery
+            return Done("batched")
         if code == 1:
             wait = max(1.0, (int(reply[1]) if int(reply[1]) > 0 else 1000) / 1000)
             return Retry(wait + self._rand(0.0, 1.0), "in_flight", counts=False)
@@ -209,7 +290,11 @@ class Writer:
             settling: Verdict = Retry(int(reply[1]) / 1000 + self._rand(0.0, 0.5), "settling",
                                       counts=False)
             return self._within_age(payload, settling)
-        admission = self._breaker.admission(reply[2:])
+        listed: list[str] = []
+        if reply[2] == "closed":
+            admission, listed = self._breaker.admission(reply[2:3]), reply[3:]
+        else:
+            admission = self._breaker.admission(reply[2:])
         if code == 4:
             metrics.safe_inc(metrics.write_failures, reason="circuit_open")
             wait = max(0.5, (admission.retry_at or self._clock()) - self._clock())
@@ -218,12 +303,17 @@ class Writer:
         token_held = True
         try:
             verdict = self._attempt(payload, failures, failures if retries is None else retries,
-                                    unsure=reply[1] == "1", admission=admission, token=token)
+                                    unsure=reply[1] == "1", admission=admission, token=token,
+                                    listed=listed)
             token_held = not isinstance(verdict, Done)  # _FINISH released it
         finally:
             if token_held:
                 delete_if_value(self._conn, lease_key, token)
         return self._within_age(payload, verdict)
+
+    def _marker_ttl(self) -> int:
+        """How long an attempted marker outlives the message's last possible attempt."""
+        return self._settings.write_max_age_seconds + 3600
 
     def _expired(self, payload: Payload) -> bool:
         return self._age(payload) > self._settings.write_max_age_seconds
@@ -259,10 +349,12 @@ class Writer:
         return 4 * self._settings.zep_timeout_ms + 2000
 
     def _attempt(self, payload: Payload, failures: int, retries: int, *, unsure: bool,
-                 admission: Admission, token: str) -> Verdict:
-        outcome, stored_some = self._write(payload, unsure=unsure)
+                 admission: Admission, token: str, listed: list[str]) -> Verdict:
+        companions = self._gather(payload, listed, token) if listed else []
+        outcome, stored_some, carried = self._write_with(payload, companions, token,
+                                                         unsure=unsure)
         if isinstance(outcome, Written):
-            self._finish(payload, admission.trial, token)
+            self._finish(payload, admission.trial, token, carried)
             return Done("stored")
 
         reason = outcome.reason
@@ -329,12 +421,7 @@ class Writer:
         return outcome, True
 
     def _add_batch(self, payload: Payload, batch: list[OutgoingMessage]) -> WriteResult:
-        outcome = self._add(payload, batch)
-        if isinstance(outcome, Failure) and outcome.reason is Reason.SESSION_NOT_FOUND:
-            created = self._create_session(payload)
-            if isinstance(created, Failure):
-                return created
-            outcome = self._add(payload, batch)
+        outcome = self._add_creating(payload, batch)
         if (isinstance(outcome, Written) and outcome.status is WriteStatus.ALREADY_STORED
                 and len(batch) > 1):
             # Zep refused the batch for a uuid it has: maybe only some of the batch.
@@ -345,6 +432,88 @@ class Writer:
                 outcome = self._add(payload, missing)
         return outcome
 
+    def _add_creating(self, payload: Payload, batch: list[OutgoingMessage],
+                      messages: int = 1) -> WriteResult:
+        """One add, and when the thread is missing its creation and the add again."""
+        outcome = self._add(payload, batch, messages)
+        if isinstance(outcome, Failure) and outcome.reason is Reason.SESSION_NOT_FOUND:
+            created = self._create_session(payload)
+            if isinstance(created, Failure):
+                return created
+            outcome = self._add(payload, batch, messages)
+        return outcome
+
+    # Companions: when a worker reaches a message while more of its thread are queued
+    # behind it (a backlog after an outage, a burst), it sends up to
+    # MEMORY_WRITE_BATCH_MAX of them in its one add (at most BATCH_SIZE Zep messages).
+    # Each companion is taken as its own delivery would take it (its lease, its attempted
+    # marker), and only when nobody holds or has tried it, so the exactly-once rules of
+    # one message hold for each. Stored, each gets a done-marker its own delivery later
+    # turns into an ordinary one. Not stored, each is released to its own delivery: at
+    # once when Zep refused the add (nothing of it landed), after the settle time and a
+    # look at what landed when the outcome is unknown. An add refused for what may be one
+    # message's fault (a 4xx other than 401/403/429) is sent again with this message
+    # alone, so one bad message never holds the others back.
+
+    def _gather(self, payload: Payload, listed: list[str], token: str) -> list[Payload]:
+        """Companions for ``payload``'s add, in the ledger's words, leased to ``token``."""
+        room = min(self._settings.write_batch_max - 1,
+                   BATCH_SIZE - len(split(payload.content)))
+        candidates = [cmid for cmid in listed if cmid != payload.client_msg_id]
+        if room <= 0 or not candidates:
+            return []
+        keys = [self._keys.write_thread(payload.thread_id)]
+        for cmid in candidates:
+            keys += [self._keys.write_done(cmid), self._keys.write_attempted(cmid),
+                     self._keys.write_lease(cmid), self._keys.write_pending_record(cmid)]
+        reply = [as_text(item) or "" for item in self._gather_script(
+            keys=keys, args=[token, self._lease_ms(), self._clock(), self._marker_ttl(),
+                             room, *candidates])]
+        taken: list[Payload] = []
+        left: list[str] = []
+        for cmid, record in zip(reply[::2], reply[1::2], strict=True):
+            companion = _companion(record, payload.thread_id)
+            if (companion is None or companion.client_msg_id != cmid or self._expired(companion)
+                    or len(split(companion.content)) > room):
+                left.append(cmid)  # its own delivery will deal with it
+                continue
+            room -= len(split(companion.content))
+            taken.append(companion)
+        self._release(left, token, forget=True)
+        return taken
+
+    def _release(self, cmids: list[str], token: str, *, forget: bool) -> None:
+        if not cmids:
+            return
+        keys = [key for cmid in cmids
+                for key in (self._keys.write_lease(cmid), self._keys.write_attempted(cmid))]
+        self._release_script(keys=keys, args=[token, "1" if forget else "0"])
+
+    def _write_with(self, payload: Payload, companions: list[Payload], token: str, *,
+                    unsure: bool) -> tuple[WriteResult, bool, list[Payload]]:
+        """``_write``'s answer and the companions stored with ``payload``."""
+        if companions:
+            group = sorted([payload, *companions], key=lambda p: p.enqueued_at)
+            messages = [message for member in group for message in zep_messages(member)]
+            others = [companion.client_msg_id for companion in companions]
+            try:
+                outcome = self._add_creating(payload, messages, len(group))
+            except BaseException:
+                self._release(others, token, forget=False)  # the outcome is unknown
+                raise
+            if isinstance(outcome, Written) and outcome.status is not WriteStatus.ALREADY_STORED:
+                log_event(log, "zep_write_batched", client_msg_id=payload.client_msg_id,
+                          messages=len(group))
+                return outcome, True, companions
+            refused = isinstance(outcome, Failure) and _refused(outcome)
+            self._release(others, token, forget=refused)
+            if isinstance(outcome, Written):  # v2 has a uuid of the add: look, then send
+                unsure = True
+            elif outcome.reason in _RETRIED or not refused:
+                return outcome, False, []
+        outcome, stored_some = self._write(payload, unsure=unsure)
+        return outcome, stored_some, []
+
     def _missing(self, payload: Payload, messages: list[OutgoingMessage]
                  ) -> list[OutgoingMessage] | Failure:
         """The messages among ``messages`` whose chunk Zep does not have yet."""
@@ -353,13 +522,15 @@ class Writer:
             return landed
         return [m for m in messages if _chunk(m) not in landed]
 
-    def _add(self, payload: Payload, batch: list[OutgoingMessage]) -> WriteResult:
+    def _add(self, payload: Payload, batch: list[OutgoingMessage], messages: int = 1
+             ) -> WriteResult:
+        """One add to Zep; ``messages``: how many enqueued messages it carries."""
         metrics.safe_inc(metrics.write_requests)
         started = time.perf_counter()
         outcome = self._zep.add_messages(payload.thread_id, batch)
         metrics.safe_observe(metrics.write_latency, time.perf_counter() - started)
         if isinstance(outcome, Written):
-            metrics.safe_inc(metrics.write_success)
+            metrics.safe_inc(metrics.write_success, messages)
         return outcome
 
     def _create_session(self, payload: Payload) -> WriteResult:
@@ -375,18 +546,36 @@ class Writer:
             log_event(log, "zep_session_created", thread_id=payload.thread_id)
         return created
 
-    def _finish(self, payload: Payload, trial: bool, token: str) -> None:
-        """In one script: the breaker's success, the done-marker, the ledger settled, the
-        lease released. The thread's cached context is left to its TTL on purpose: every
+    def _finish(self, payload: Payload, trial: bool, token: str,
+                companions: list[Payload]) -> None:
+        """In one script: the breaker's success, the done-markers, the ledger settled, the
+        leases released. The thread's cached context is left to its TTL on purpose: every
         chat turn writes, so dropping it here would make nearly every read a miss; the app
         holds the last turns itself, and ``memory-worker invalidate`` is there when it
         matters."""
         cmid = payload.client_msg_id
         args = self._breaker.success_args(trial)
-        reply = self._finish_script(
-            keys=[self._breaker.key, *self._ledger.settle_keys(cmid), self._keys.write_lease(cmid)],
-            args=[*args, cmid, DONE_MARKER_TTL_S, token])
+        keys = [self._breaker.key, *self._ledger.settle_keys(cmid), self._keys.write_lease(cmid)]
+        more: list[str] = []
+        if not self._keys.cluster:
+            keys.append(self._keys.write_thread(payload.thread_id))
+            for companion in companions:
+                other = companion.client_msg_id
+                keys += [self._keys.write_done(other), self._keys.write_attempted(other),
+                         self._keys.write_lease(other), self._keys.write_pending_record(other)]
+                more.append(other)
+        reply = self._finish_script(keys=keys, args=[*args, cmid, DONE_MARKER_TTL_S, token, *more])
         self._breaker.succeeded([as_text(item) or "" for item in reply], args)
+
+
+def _companion(record: str, thread_id: str) -> Payload | None:
+    """The payload of a ledger record, when it is a readable message of ``thread_id``."""
+    try:
+        data = json.loads(record)
+        payload = Payload.from_json(data["payload"])
+    except (ValueError, TypeError, KeyError):
+        return None
+    return payload if payload.thread_id == thread_id else None
 
 
 def _refused(failure: Failure) -> bool:

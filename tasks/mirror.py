@@ -107,6 +107,7 @@ def _dead_letter(runtime: Runtime, payload: Any, failures: int, verdict: DeadLet
     )
     dlq.push(runtime.ops_conn, runtime.keys, entry)
     with contextlib.suppress(redis.RedisError):  # the DLQ holds it now; a missed update
-        runtime.ledger().settle(entry.client_msg_id)  # at worst dead-letters a second copy
+        runtime.ledger().settle(entry.client_msg_id,  # at worst dead-letters a second copy
+                                thread_id=entry.thread_id or None)
     log_event(log, "zep_write_dead_lettered", logging.ERROR, client_msg_id=entry.client_msg_id,
               reason=verdict.reason, status_code=verdict.status_code, attempts=failures + 1)

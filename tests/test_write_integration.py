@@ -248,6 +248,27 @@ def test_a_6000_character_message_arrives_as_three_chunks_once(
     assert [m["metadata"]["chunk"] for m in stored] == [1, 2, 3]
 
 
+@pytest.mark.zep_apis
+def test_a_backlog_of_one_thread_goes_in_few_adds_each_message_once(
+    publisher: Publisher, sim: ZepSimulator, conn: redis.Redis, env: dict[str, str],
+    tmp_path: Path, broker: Broker, zep_api: Any,
+) -> None:
+    """Sixty messages queued while no worker runs: two workers send them in adds of
+    several (each add in enqueue order), every message accepted once."""
+    zep_api.prepare("t-backlog")
+    cmids = [f"backlog-{i:02d}" for i in range(60)]
+    for i, cmid in enumerate(cmids):
+        publisher.enqueue("t-backlog", "user" if i % 2 == 0 else "assistant", f"turn {i}", cmid)
+    sim.reset_requests()
+    with celery_process(worker_args("backlog", concurrency=2), env, tmp_path / "backlog.log"):
+        wait_for(lambda: len(zep_api.stored("t-backlog")) == 60, 60, "the backlog")
+        wait_for(lambda: deliveries_settled(conn, Keys(), broker.drained), 60,
+                 "every delivery to end")
+    assert [accepted_adds(sim, cmid) for cmid in cmids] == [1] * 60
+    assert len(sim.requests("POST", zep_api.add_path)) <= 30
+    assert sorted(m["metadata"]["client_msg_id"] for m in zep_api.stored("t-backlog")) == cmids
+
+
 @pytest.mark.parametrize("kind", BROKERS)
 def test_a_stopped_broker_spools_and_everything_is_delivered_once_it_returns(
     kind: str, redis_url: str, conn: redis.Redis, sim: ZepSimulator, tmp_path: Path, keys: Keys
