@@ -136,9 +136,26 @@ def sender(settings: Settings) -> Callable[[str, dict[str, Any]], None]:
     publisher.conf.update(celery_config(settings))
 
     def send(task_id: str, kwargs: dict[str, Any]) -> None:
-        publisher.send_task(MIRROR_TASK, kwargs=kwargs, task_id=task_id, retry=False)
+        publish_mirror(publisher, task_id, kwargs)
 
     return send
+
+
+def publish_mirror(celery: Celery, task_id: str, kwargs: dict[str, Any]) -> None:
+    """Publish ``memory.mirror_message`` once: no kombu retries (the outbox retries).
+
+    The task and its ``task-sent`` event go out together, in one round trip on a
+    Redis broker (a producer batch; other transports publish each at once). What
+    Flower and the events show of the arguments is the message's id, not its
+    content: the content is redacted already, but a monitoring tool need not hold
+    it, and the short text spares two ``repr`` walks of the payload per publish.
+    """
+    payload = kwargs.get("payload")
+    shown = payload.get("client_msg_id") if isinstance(payload, dict) else None
+    with celery.producer_or_acquire() as producer, producer.batch():
+        celery.send_task(MIRROR_TASK, kwargs=kwargs, task_id=task_id, retry=False,
+                         producer=producer, argsrepr="()",
+                         kwargsrepr=f"{{'payload': <client_msg_id={shown!r}>}}")
 
 
 # A library must not change its host's Celery defaults: not the current app (the host's

@@ -544,6 +544,6 @@ async def aenqueue_message(thread_id: str, role: str, content: str, client_msg_i
 
 def send_mirror(task_id: str, kwargs: dict[str, Any]) -> None:
     """Publish ``memory.mirror_message`` once, without kombu's retries (the outbox retries)."""
-    from memory_worker.celery_app import MIRROR_TASK, app
+    from memory_worker.celery_app import app, publish_mirror
 
-    app.send_task(MIRROR_TASK, kwargs=kwargs, task_id=task_id, retry=False)
+    publish_mirror(app, task_id, kwargs)

@@ -93,3 +93,18 @@ def test_payload_round_trips_and_rejects_garbage() -> None:
     for garbage in ([], {"thread_id": "t"}, {**payload.to_json(), "role": "robot"}):
         with pytest.raises(ValueError):
             Payload.from_json(garbage)
+
+
+def test_a_payload_to_json_carries_every_field_and_comes_back_equal() -> None:
+    """Written by hand for speed: a field added to Payload must not be left out of it."""
+    import dataclasses
+
+    from memory_worker.messages import Payload
+
+    payload = Payload(thread_id="t-1", role="tool", content="done", client_msg_id="m-1",
+                      user_id="u-1", metadata={"tags": ["a", "b"], "n": 2}, enqueued_at=5.5)
+    data = payload.to_json()
+    assert set(data) == {field.name for field in dataclasses.fields(Payload)}
+    assert Payload.from_json(data) == payload
+    data["metadata"]["n"] = 3
+    assert payload.metadata == {"tags": ["a", "b"], "n": 2}
