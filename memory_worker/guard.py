@@ -32,6 +32,10 @@ log = logging.getLogger("memory_worker.guard")
 # KEYS: counter, window start, forced record, shadow marker
 # ARGV: now_ms, window_ms, threshold (0 = force now), record, ttl_ms, shadow, grace_ms
 # Returns {failure count, outcome}: 0 nothing, 1 forced, 2 shadow-suppressed.
+# A failure stamped up to EARLIER_MS before the window began still belongs to it: Redis
+# can see it after a later one (another connection's pipeline, another host's clock).
+# One stamped earlier still (a clock set back) starts a new window.
+EARLIER_MS = 1000
 _DOWNGRADE = """
 local now = tonumber(ARGV[1])
 local window = tonumber(ARGV[2])
@@ -39,7 +43,7 @@ local threshold = tonumber(ARGV[3])
 local count = 0
 if threshold > 0 then
   local since = tonumber(redis.call('GET', KEYS[2]))
-  if since == nil or now - since >= window or now < since then
+  if since == nil or now - since >= window or since - now > """ + str(EARLIER_MS) + """ then
     redis.call('SET', KEYS[1], 0, 'PX', window)
     redis.call('SET', KEYS[2], now, 'PX', window)
   end

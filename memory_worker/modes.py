@@ -16,7 +16,7 @@ import enum
 import json
 import logging
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any
 
 from memory_worker.connections import as_text, delete_if_value
@@ -73,7 +73,11 @@ class ForcedRecord:
                    hold_seconds=hold_seconds)
 
     def to_json(self) -> str:
-        return json.dumps(asdict(self), sort_keys=True)
+        # Every field by hand, sorted: ``asdict`` would deep-copy each of them, on every
+        # failed read (the guard's script carries the record it may set).
+        return json.dumps({"forced_at": self.forced_at, "hold_seconds": self.hold_seconds,
+                           "mode": self.mode, "reason": self.reason, "source": self.source,
+                           "until": self.until})
 
     @classmethod
     def from_json(cls, raw: str) -> ForcedRecord:

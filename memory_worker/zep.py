@@ -388,8 +388,8 @@ class ZepClient:
     ) -> _R | _F:
         call = Call(time.monotonic() + budget)
         try:
-            sdk = self._clients.for_loop()
-            value = await acall(call, lambda: operation(sdk))
+            sdk, gate = self._clients.for_loop()
+            value = await acall(call, lambda: operation(sdk), gate)
         except Exception as exc:
             return translate(exc, call)
         return self._converted(value, convert, translate, call)

@@ -97,13 +97,24 @@ def call_on_pool(pool: ThreadPoolExecutor, call: Call, function: Callable[[], _T
         raise TimeoutError("the call's deadline has passed") from None
 
 
-async def acall(call: Call, function: Callable[[], Awaitable[_T]]) -> _T:
-    """Await ``function()`` as ``call``; cancelled with ``TimeoutError`` at its deadline."""
+async def acall(call: Call, function: Callable[[], Awaitable[_T]],
+                gate: asyncio.Semaphore | None = None) -> _T:
+    """Await ``function()`` as ``call``; cancelled with ``TimeoutError`` at its deadline.
+
+    ``gate`` (the loop's, from ``Clients.for_loop``) holds the calls beyond the
+    connection limit here, in a plain FIFO wait within the same deadline. Left to
+    httpcore's pool, every queued request is matched against every connection each
+    time one frees up: a thousand reads at once against a stalled Zep spent more of
+    the loop in that matching than in the calls themselves.
+    """
 
     async def scoped() -> _T:
         token = _CURRENT.set(call)
         try:
-            return await function()
+            if gate is None:
+                return await function()
+            async with gate:
+                return await function()
         finally:
             _CURRENT.reset(token)
 
@@ -383,7 +394,8 @@ class Clients:
         self._pid = -1
         self._sync: tuple[BaseClient, ThreadPoolExecutor, httpx.Client] | None = None
         self._async: weakref.WeakKeyDictionary[
-            asyncio.AbstractEventLoop, tuple[AsyncBaseClient, httpx.AsyncClient]
+            asyncio.AbstractEventLoop,
+            tuple[AsyncBaseClient, httpx.AsyncClient, asyncio.Semaphore],
         ] = weakref.WeakKeyDictionary()
 
     def __repr__(self) -> str:
@@ -405,18 +417,19 @@ class Clients:
                 built = self._sync
         return built[0], built[1]
 
-    def for_loop(self) -> AsyncBaseClient:
+    def for_loop(self) -> tuple[AsyncBaseClient, asyncio.Semaphore]:
+        """The running loop's SDK client and its gate (``acall``), one per connection."""
         loop = asyncio.get_running_loop()
-        pair = self._async.get(loop)
-        if pair is None:
+        built = self._async.get(loop)
+        if built is None:
             http = async_http_client(self._limits)
             sdk = AsyncBaseClient(
                 base_url=self._api_url, api_key=self._api_key,
                 timeout=self._timeout, httpx_client=http,
             )
             with self._lock:
-                pair = self._async.setdefault(loop, (sdk, http))
-        return pair[0]
+                built = self._async.setdefault(loop, (sdk, http, asyncio.Semaphore(self._workers)))
+        return built[0], built[2]
 
     def close(self) -> None:
         with self._lock:

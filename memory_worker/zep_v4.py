@@ -169,10 +169,10 @@ class ZepV4Client:
             return _UNKNOWN_THREAD
         parts = _aparts(thread_uuid, lastn, view)
         try:
-            sdk = self._clients.for_loop()
+            sdk, gate = self._clients.for_loop()
         except Exception as exc:
             return self._failure(exc, Call(deadline), Reason.NOT_FOUND)
-        values = await asyncio.gather(*(self._aattempt(deadline, sdk, operation)
+        values = await asyncio.gather(*(self._aattempt(deadline, sdk, gate, operation)
                                         for operation in parts.values()))
         return self._combined(session_id, thread_uuid, dict(zip(parts, values, strict=True)))
 
@@ -301,11 +301,11 @@ class ZepV4Client:
         except Stopped as stop:
             return stop.failure
 
-    async def _aattempt(self, deadline: float, sdk: AsyncZep,
+    async def _aattempt(self, deadline: float, sdk: AsyncZep, gate: asyncio.Semaphore,
                         operation: Callable[[AsyncZep], Awaitable[Any]]) -> Any:
         call = Call(deadline)
         try:
-            return await acall(call, lambda: operation(sdk))
+            return await acall(call, lambda: operation(sdk), gate)
         except Exception as exc:
             return self._failure(exc, call, Reason.NOT_FOUND)
 

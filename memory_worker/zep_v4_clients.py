@@ -42,7 +42,7 @@ class Clients:
         self._sdk_pid = -1
         self._sdk: tuple[Zep, httpx.Client] | None = None
         self._async: weakref.WeakKeyDictionary[
-            asyncio.AbstractEventLoop, tuple[AsyncZep, httpx.AsyncClient]
+            asyncio.AbstractEventLoop, tuple[AsyncZep, httpx.AsyncClient, asyncio.Semaphore]
         ] = weakref.WeakKeyDictionary()
 
     def __repr__(self) -> str:
@@ -83,16 +83,19 @@ class Clients:
                 built = self._sdk
         return built[0], self.calls()
 
-    def for_loop(self) -> AsyncZep:
+    def for_loop(self) -> tuple[AsyncZep, asyncio.Semaphore]:
+        """The running loop's SDK client and its gate (``zep_http.acall``), one per
+        connection."""
         loop = asyncio.get_running_loop()
-        pair = self._async.get(loop)
-        if pair is None:
+        built = self._async.get(loop)
+        if built is None:
             http = async_http_client(self._limits)
             sdk = AsyncZep(base_url=self._api_url, api_key=self._api_key, max_retries=0,
                            timeout=self._timeout, httpx_client=http)
             with self._lock:
-                pair = self._async.setdefault(loop, (sdk, http))
-        return pair[0]
+                built = self._async.setdefault(
+                    loop, (sdk, http, asyncio.Semaphore(self._workers)))
+        return built[0], built[2]
 
     def close(self) -> None:
         with self._lock:

@@ -45,6 +45,19 @@ def test_three_failures_inside_the_window_force_write_only(
     assert _downgrades("consecutive_failures") == before + 1
 
 
+def test_a_failure_seen_after_a_later_one_still_counts_in_its_window(
+    guard: Guard, clock: FakeClock
+) -> None:
+    """Two connections (or two hosts' clocks) can bring Redis a failure stamped a moment
+    before the window began: it counts; one stamped seconds before starts a new window."""
+    clock.advance(10)
+    assert guard.record_failure().fail_count == 1
+    clock.advance(-0.5)
+    assert guard.record_failure().fail_count == 2
+    clock.advance(-2)
+    assert guard.record_failure().fail_count == 1
+
+
 def test_failures_spread_wider_than_the_window_never_downgrade(
     guard: Guard, conn: redis.Redis, keys: Keys, clock: FakeClock
 ) -> None:

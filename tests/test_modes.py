@@ -130,3 +130,16 @@ def test_operator_force_replaces_a_guard_record_and_says_what_it_replaced(
     assert previous is not None and previous.reason == "auth"
     current = modes.get_forced(conn, keys, now=clock(), grace_seconds=GRACE)
     assert current == record
+
+
+def test_a_forced_record_to_json_carries_every_field_sorted_and_parses_back() -> None:
+    """Written by hand for speed: a field added to ForcedRecord must not be left out."""
+    import dataclasses
+    import json
+
+    from memory_worker.modes import ForcedRecord
+
+    record = ForcedRecord.new(reason="auth", source="ops", now=100.5, hold_seconds=30)
+    text = record.to_json()
+    assert list(json.loads(text)) == sorted(f.name for f in dataclasses.fields(ForcedRecord))
+    assert ForcedRecord.from_json(text) == record

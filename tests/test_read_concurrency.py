@@ -1,19 +1,24 @@
-"""Many reads at once in one process: the async MGETs pipelined, the sync hot path shared."""
+"""Many reads at once in one process: the async Redis steps pipelined, the sync hot path
+shared, and a loop's crowd of reads kept within the budget."""
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
 import json
+import socket
 from typing import Any
 
+import pytest
 import redis
 import redis.asyncio as aredis
 
 from memory_worker.config import Settings
 from memory_worker.keys import Keys
+from memory_worker.reader import RunGuard, ZepRead
 from memory_worker.runtime import Runtime
-from memory_worker.zep_sim import ZepSimulator
+from memory_worker.zep import Failure, Reason
+from memory_worker.zep_sim import Fault, ZepSimulator
 
 
 def test_concurrent_async_reads_share_round_trips_and_each_gets_its_own_answer(
@@ -54,3 +59,96 @@ def test_concurrent_async_reads_fail_open_together_when_redis_fails(
     results = asyncio.run(scenario())
     assert [meta["source"] for _, meta in results] == ["zep"] * 20
     assert all(meta["cached"] is False for _, meta in results)
+
+
+def test_concurrent_async_failures_are_each_recorded_in_pipelines_after_a_script_flush(
+    read_settings: Settings, sim: ZepSimulator, conn: redis.Redis, keys: Keys
+) -> None:
+    """200 reads failing at once (Zep answers 500): each failure reaches the guard, their
+    scripts going out in pipelines on a couple of connections, and Redis having lost
+    its scripts (a restart, a flush) costs a reload, not the failures."""
+    runtime = Runtime(dataclasses.replace(read_settings, disable_auto_downgrade=True,
+                                          read_timeout_ms=2000))
+    sim.add_fault(Fault(method="GET", path="*/memory", status=500))
+    conn.script_flush()
+
+    async def scenario() -> tuple[list[Any], int]:
+        results = await asyncio.gather(*(runtime.afetch(f"f-{i}", "summary")
+                                         for i in range(200)))
+        client = runtime._async_redis().conn
+        assert isinstance(client, aredis.Redis)
+        pool = client.connection_pool
+        return list(results), len(pool._available_connections) + len(pool._in_use_connections)
+
+    results, connections = asyncio.run(scenario())
+    assert {(meta["source"], meta["reason"]) for _, meta in results} == {("error",
+                                                                          "server_error")}
+    assert int(conn.get(keys.consecutive_failures) or 0) == 200
+    assert connections <= 20  # a pipeline per pass of the loop, not a connection per read
+    assert runtime._redis_down_until == 0.0
+
+
+class BlackHole:
+    """A TCP server on loopback that accepts and never answers: a Redis that hangs."""
+
+    def __init__(self) -> None:
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(64)
+        self.url = f"redis://127.0.0.1:{self.sock.getsockname()[1]}/0"
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+@pytest.mark.parametrize("budget_s, blamed", [(0.01, False), (0.2, True)],
+                         ids=["cut-by-the-budget", "whole-socket-timeout"])
+@pytest.mark.parametrize("side", ["sync", "async"])
+def test_only_a_redis_step_that_had_its_whole_timeout_takes_the_process_off_redis(
+    read_settings: Settings, side: str, budget_s: float, blamed: bool
+) -> None:
+    """A step after the Zep call that ran out of the read's budget (10 ms left) says
+    nothing about Redis; one that waited its full 50 ms socket timeout does."""
+    hole = BlackHole()
+    try:
+        runtime = Runtime(dataclasses.replace(read_settings, redis_url=hole.url))
+        call = runtime.guard.failure_call()
+        step = RunGuard(call, budget_s)
+        if side == "sync":
+            assert runtime._perform(step) is None
+        else:
+            async def scenario() -> Any:
+                return await runtime._aperform(step, runtime._async_redis())
+
+            assert asyncio.run(scenario()) is None
+        assert (runtime._redis_down_until > 0) is blamed
+    finally:
+        hole.close()
+
+
+def test_an_async_zep_call_ends_early_by_what_the_loop_needs_to_wind_up_the_others(
+    read_settings: Settings,
+) -> None:
+    """A read alone gets its whole remaining budget; beside 100 others 10 ms less; beside
+    any number at most 25 ms less; with nothing left it fails without calling Zep."""
+    budgets: list[float] = []
+
+    class Recording:
+        async def aget_memory(self, thread_id: str, lastn: int, budget: float,
+                              view: str | None = None) -> Failure:
+            budgets.append(budget)
+            return Failure(Reason.TIMEOUT)
+
+    runtime = Runtime(read_settings, zep=Recording())  # type: ignore[arg-type]
+
+    async def scenario() -> list[Any]:
+        state = runtime._async_redis()
+        outcomes = []
+        for others, budget in ((0, 0.2), (100, 0.2), (5000, 0.2), (100, 0.011)):
+            state.reads = others + 1
+            outcomes.append(await runtime._aread_zep(ZepRead("t", 4, budget, "summary"), state))
+        return outcomes
+
+    outcomes = asyncio.run(scenario())
+    assert budgets == pytest.approx([0.2, 0.19, 0.175])
+    assert all(isinstance(o, Failure) and o.reason is Reason.TIMEOUT for o in outcomes)
