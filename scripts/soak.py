@@ -60,7 +60,7 @@ import subprocess
 import sys
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -102,7 +102,7 @@ _PATHS = {"v2": (MEMORY, WRITES, MEMORY, "/api/v2/*"),
           "v4": ("/api/v4/threads/*/messages", "/api/v4/*", "/api/v4/threads/*",
                  "/api/v4/*")}
 BUDGET_SLACK_MS = 25.0
-WEATHER_503_SHARE = 0.1  # the weather lasts until this many adds per message met its 5xx
+WEATHER_503_SHARE = 0.1  # the weather lasts until this share of the messages met its 5xx
 BROKERS = ("redis", "rabbitmq")
 BROKER_NICENESS = 10  # a RabbitMQ broker's; see the module's docstring
 
@@ -445,7 +445,8 @@ def _identity(message: dict[str, Any]) -> Any:
 
 def _keep_the_weather(plan: Plan, chaos: Chaos, timeline: Timeline,
                       outage: dict[str, float]) -> None:
-    """Keep the weather on until a tenth of the messages' worth of adds met its 5xx.
+    """Keep the weather on until adds carrying a tenth of the messages met its 5xx (an
+    add carries several when a worker finds them queued together).
 
     The writes can lag the enqueues: a circuit opened by a run of failures holds
     them 30 s, and a slow machine drains the queue later. A soak whose faults
@@ -456,13 +457,13 @@ def _keep_the_weather(plan: Plan, chaos: Chaos, timeline: Timeline,
     """
     wanted = plan.messages * WEATHER_503_SHARE
     deadline = time.time() + 3 * plan.enqueue_seconds
-    met = write_phases(chaos.requests(), outage)["weather"].get("503", 0)
+    met = weather_503_messages(chaos.requests(), outage)
     if met >= wanted:
         return
     while met < wanted and time.time() < deadline:
         time.sleep(2.0)
-        met = write_phases(chaos.requests(), outage)["weather"].get("503", 0)
-    timeline.mark("weather kept on until enough writes met it", weather_503s=met)
+        met = weather_503_messages(chaos.requests(), outage)
+    timeline.mark("weather kept on until enough writes met it", weather_503_messages=met)
 
 
 def write_phases(requests: Iterable[dict[str, Any]], outage: dict[str, float],
@@ -471,18 +472,31 @@ def write_phases(requests: Iterable[dict[str, Any]], outage: dict[str, float],
     outage, and in the calm after the faults were cleared (at ``weather_end``)."""
     phases: dict[str, Counter[str]] = {"weather": Counter(), "outage": Counter(),
                                        "calm": Counter()}
+    for r, phase in _adds_by_phase(requests, outage, weather_end):
+        phases[phase][str(r["status"])] += 1
+    return {name: dict(sorted(tally.items())) for name, tally in phases.items()}
+
+
+def weather_503_messages(requests: Iterable[dict[str, Any]], outage: dict[str, float],
+                         weather_end: float | None = None) -> int:
+    """The messages carried by adds the weather answered 503 (counted once per add)."""
+    return sum(len(r.get("messages") or ()) for r, phase in
+               _adds_by_phase(requests, outage, weather_end)
+               if phase == "weather" and r["status"] == 503)
+
+
+def _adds_by_phase(requests: Iterable[dict[str, Any]], outage: dict[str, float],
+                   weather_end: float | None) -> Iterator[tuple[dict[str, Any], str]]:
     for r in requests:
         if r["method"] != "POST" or not r["path"].endswith(("/memory", "/messages")):
             continue
         at = r["time"]
         if weather_end is not None and at >= weather_end:
-            phase = "calm"
+            yield r, "calm"
         elif "start" in outage and outage["start"] <= at <= outage.get("end", float("inf")):
-            phase = "outage"
+            yield r, "outage"
         else:
-            phase = "weather"
-        phases[phase][str(r["status"])] += 1
-    return {name: dict(sorted(tally.items())) for name, tally in phases.items()}
+            yield r, "weather"
 
 
 def _own_ms(read: list[Any]) -> float:
@@ -582,6 +596,7 @@ def _report(plan: Plan, workdir: Path, timeline: Timeline, outage: dict[str, flo
                    "reads_back_after_s": round(back[0][0] - outage["end"], 2) if back else None},
         "zep": {"requests": len(requests), "by_status": statuses,
                 "writes": write_phases(requests, outage, weather_end),
+                "weather_503_messages": weather_503_messages(requests, outage, weather_end),
                 "worker_duplicate_uuid_answers": duplicate_refusals,
                 # Adds stored before their answer was lost, found by the retry's look at
                 # the thread's latest messages (and not sent again).

@@ -93,7 +93,10 @@ def test_a_worker_killed_whole_mid_load_loses_nothing_without_the_ledger_sweep(
     sim.add_fault(Fault(method="POST", path=MEMORY, status=503, times=6))
     ids = [f"rk-{i:03d}" for i in range(40)]
     log = tmp_path / "worker.log"
-    with SupervisedWorker("killed", 4, env, log) as worker:
+    # Each message its own add: sent together, the forty leave the queue in a few adds
+    # and the kill would find nothing held (the soak kills workers that batch).
+    alone = {**env, "MEMORY_WRITE_BATCH_MAX": "1"}
+    with SupervisedWorker("killed", 4, alone, log) as worker:
         wait_for(lambda: "ready." in log.read_text(errors="replace"), 60, "the worker")
         for i, client_msg_id in enumerate(ids):
             publisher.enqueue(f"t-rk-{i % 5}", "user", f"turn {i}", client_msg_id)

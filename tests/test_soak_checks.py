@@ -13,6 +13,7 @@ from scripts.soak import (
     leak_needles,
     phone,
     pii_in,
+    weather_503_messages,
     with_bodies,
     write_phases,
 )
@@ -71,3 +72,14 @@ def test_an_outage_met_by_reads_already_forced_off_counts_as_guarded() -> None:
     assert not held_into_outage([], blocked + failing, outage)  # failures went uncounted
     assert not held_into_outage([], [], outage)  # no read in the window proves nothing
     assert not held_into_outage([{"time": 12.0}], blocked, outage)  # one downgrade: the rule
+
+
+def test_the_messages_the_weather_met_are_counted_by_what_each_503_add_carried() -> None:
+    """An add of three queued messages answered 503 met three messages."""
+    def add(at: float, status: int, carried: int) -> dict[str, object]:
+        return {"method": "POST", "path": "/api/v4/threads/x/messages", "time": at,
+                "status": status, "messages": [{"client_msg_id": f"m{i}"} for i in range(carried)]}
+
+    requests = [add(1, 503, 3), add(2, 201, 5), add(3, 503, 1), add(11, 503, 4),
+                add(30, 503, 2)]
+    assert weather_503_messages(requests, {"start": 10, "end": 12}, weather_end=25) == 4
