@@ -51,7 +51,7 @@ from memory_worker.config import Settings
 from memory_worker.errors import ConfigError, InvalidRequest
 from memory_worker.ids import ID_RULE, is_valid_id
 from memory_worker.logs import log_event
-from memory_worker.zep_http import Call, Clients, acall, parse_retry_after
+from memory_worker.zep_http import Call, Clients, acall, call_on_pool, parse_retry_after
 
 if TYPE_CHECKING:
     from memory_worker.redis_clients import StateRedis
@@ -374,7 +374,7 @@ class ZepClient:
             # Built on first use, inside the try: a client that cannot be built (a proxy
             # scheme without its package) is a failure of this call, never an exception.
             sdk, pool = self._clients.sync()
-            value = pool.run(call, lambda: operation(sdk))
+            value = call_on_pool(pool, call, lambda: operation(sdk))
         except Exception as exc:
             return translate(exc, call)
         return self._converted(value, convert, translate, call)

@@ -45,8 +45,7 @@ import weakref
 from collections.abc import Awaitable, Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from queue import SimpleQueue
-from typing import Any, Generic, TypeVar
+from typing import Any, TypeVar
 
 import httpcore
 import httpx
@@ -72,92 +71,6 @@ class Call:
 
 
 _CURRENT: contextvars.ContextVar[Call | None] = contextvars.ContextVar("zep_call", default=None)
-
-
-class CallPool:
-    """At most ``size`` threads that run calls for callers who wait a bounded time.
-
-    What ``ThreadPoolExecutor`` does for ``call_on_pool``, at a third of the cost of a
-    hand-off (measured: 23 µs against 75-85 µs a call, most of it the future's
-    condition variable): a job is put on a queue, and its caller waits on a lock of
-    its own that the thread running it releases. A thread is started when no idle one
-    is left, up to ``size``; a job whose deadline passed while it waited in the queue
-    is not run. Threads are daemons: a call abandoned at its deadline never holds up
-    the process's exit (its sockets obey the same deadline).
-    """
-
-    def __init__(self, size: int, name: str) -> None:
-        self._size = size
-        self._name = name
-        self._jobs: SimpleQueue[_Job[Any] | None] = SimpleQueue()
-        self._idle = threading.Semaphore(0)  # one token per thread waiting for a job
-        self._lock = threading.Lock()
-        self._threads = 0
-        self._closed = False
-
-    def run(self, call: Call, function: Callable[[], _T]) -> _T:
-        """Run ``function`` as ``call``; ``TimeoutError`` once its deadline passes."""
-        job = _Job(call, function)
-        if not self._idle.acquire(blocking=False):
-            self._grow()
-        self._jobs.put(job)
-        if not job.done.acquire(timeout=max(0.0, call.remaining())):
-            raise TimeoutError("the call's deadline has passed")
-        if job.error is not None:
-            raise job.error
-        return job.result  # type: ignore[return-value]  # set when error is None
-
-    def _grow(self) -> None:
-        with self._lock:
-            if self._closed:
-                raise RuntimeError("the Zep client is closed")
-            if self._threads >= self._size:
-                return  # every thread is busy: the job waits its turn in the queue
-            self._threads += 1
-            number = self._threads
-        threading.Thread(target=self._work, name=f"{self._name}_{number}", daemon=True).start()
-
-    def _work(self) -> None:
-        while (job := self._jobs.get()) is not None:
-            job.execute()
-            del job  # what it returned is the caller's to keep, not this thread's
-            self._idle.release()
-
-    def close(self) -> None:
-        """Let every thread end once the jobs queued before it are done."""
-        with self._lock:
-            self._closed, threads = True, self._threads
-        for _ in range(threads):
-            self._jobs.put(None)
-
-
-class _Job(Generic[_T]):
-    __slots__ = ("call", "context", "done", "error", "function", "result")
-
-    def __init__(self, call: Call, function: Callable[[], _T]) -> None:
-        self.call = call
-        self.function = function
-        # A copy of the caller's context: what it carries (a trace's current span)
-        # reaches the request; ``_CURRENT`` is set inside the copy, never in the caller's.
-        self.context = contextvars.copy_context()
-        self.done = threading.Lock()
-        self.done.acquire()
-        self.result: _T | None = None
-        self.error: BaseException | None = None
-
-    def execute(self) -> None:
-        try:
-            if self.call.remaining() <= 0:  # queued behind others for the whole budget
-                raise httpx.PoolTimeout("the budget was spent before the request was sent")
-            self.result = self.context.run(self._scoped)
-        except BaseException as exc:  # the caller's to raise, whatever it is
-            self.error = exc
-        finally:
-            self.done.release()
-
-    def _scoped(self) -> _T:
-        _CURRENT.set(self.call)
-        return self.function()
 
 
 def call_on_pool(pool: ThreadPoolExecutor, call: Call, function: Callable[[], _T]) -> _T:
@@ -479,7 +392,7 @@ class Clients:
         )
         self._lock = threading.Lock()
         self._pid = -1
-        self._sync: tuple[BaseClient, CallPool, httpx.Client] | None = None
+        self._sync: tuple[BaseClient, ThreadPoolExecutor, httpx.Client] | None = None
         self._async: weakref.WeakKeyDictionary[
             asyncio.AbstractEventLoop,
             tuple[AsyncBaseClient, httpx.AsyncClient, asyncio.Semaphore],
@@ -488,7 +401,7 @@ class Clients:
     def __repr__(self) -> str:
         return f"Clients(api_url={self._api_url!r})"
 
-    def sync(self) -> tuple[BaseClient, CallPool]:
+    def sync(self) -> tuple[BaseClient, ThreadPoolExecutor]:
         built = self._sync
         if built is None or self._pid != os.getpid():
             with self._lock:
@@ -499,7 +412,7 @@ class Clients:
                         base_url=self._api_url, api_key=self._api_key,
                         timeout=self._timeout, httpx_client=http,
                     )
-                    pool = CallPool(self._workers, "zep")
+                    pool = ThreadPoolExecutor(self._workers, thread_name_prefix="zep")
                     self._sync, self._pid = (sdk, pool, http), os.getpid()
                 built = self._sync
         return built[0], built[1]
@@ -522,7 +435,7 @@ class Clients:
         with self._lock:
             built, self._sync = self._sync, None
         if built is not None and self._pid == os.getpid():
-            built[1].close()
+            built[1].shutdown(wait=False, cancel_futures=True)
             built[2].close()
 
     async def aclose(self) -> None:
