@@ -457,10 +457,12 @@ class Writer:
 
     def _gather(self, payload: Payload, listed: list[str], token: str) -> list[Payload]:
         """Companions for ``payload``'s add, in the ledger's words, leased to ``token``."""
+        candidates = [cmid for cmid in listed if cmid != payload.client_msg_id]
+        if not candidates:  # the thread has nothing else queued: the usual case
+            return []
         room = min(self._settings.write_batch_max - 1,
                    BATCH_SIZE - len(split(payload.content)))
-        candidates = [cmid for cmid in listed if cmid != payload.client_msg_id]
-        if room <= 0 or not candidates:
+        if room <= 0:
             return []
         keys = [self._keys.write_thread(payload.thread_id)]
         for cmid in candidates:
@@ -473,11 +475,12 @@ class Writer:
         left: list[str] = []
         for cmid, record in zip(reply[::2], reply[1::2], strict=True):
             companion = _companion(record, payload.thread_id)
+            chunks = 0 if companion is None else len(split(companion.content))
             if (companion is None or companion.client_msg_id != cmid or self._expired(companion)
-                    or len(split(companion.content)) > room):
+                    or chunks > room):
                 left.append(cmid)  # its own delivery will deal with it
                 continue
-            room -= len(split(companion.content))
+            room -= chunks
             taken.append(companion)
         self._release(left, token, forget=True)
         return taken

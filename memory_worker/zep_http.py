@@ -98,7 +98,7 @@ def call_on_pool(pool: ThreadPoolExecutor, call: Call, function: Callable[[], _T
 
 
 async def acall(call: Call, function: Callable[[], Awaitable[_T]],
-                gate: asyncio.Semaphore | None = None) -> _T:
+                gate: asyncio.Semaphore) -> _T:
     """Await ``function()`` as ``call``; cancelled with ``TimeoutError`` at its deadline.
 
     ``gate`` (the loop's, from ``Clients.for_loop``) holds the calls beyond the
@@ -111,8 +111,6 @@ async def acall(call: Call, function: Callable[[], Awaitable[_T]],
     async def scoped() -> _T:
         token = _CURRENT.set(call)
         try:
-            if gate is None:
-                return await function()
             async with gate:
                 return await function()
         finally:

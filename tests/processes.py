@@ -23,6 +23,18 @@ def niced(args: list[str], niceness: int) -> list[str]:
     return ["nice", "-n", str(niceness), *args] if niceness else args
 
 
+@contextmanager
+def silent_redis() -> Iterator[str]:
+    """The URL of a loopback port that accepts connections and never answers: a Redis
+    that hangs."""
+    import socket
+
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(64)
+        yield f"redis://127.0.0.1:{listener.getsockname()[1]}/0"
+
+
 def project_env(redis_url: str, **extra: str) -> dict[str, str]:
     """The current environment with the project's variables replaced by test values."""
     from memory_worker.config import VARIABLES

@@ -28,7 +28,7 @@ from memory_worker.config import Settings
 from memory_worker.keys import Keys
 from memory_worker.modes import ForcedRecord
 from tests.contract import CONTRACT
-from tests.processes import ROOT, free_port, project_env, wait_for
+from tests.processes import ROOT, free_port, project_env, silent_redis, wait_for
 
 MEMORY_WORKER = str(Path(sys.executable).with_name("memory-worker"))
 
@@ -194,12 +194,8 @@ def test_the_asgi_helper_does_not_block_the_event_loop_on_a_silent_redis(
     settings: Settings,
 ) -> None:
     """Redis accepts but never answers: the scrape waits out its timeout off the event loop."""
-    with socket.socket() as silent:
-        silent.bind(("127.0.0.1", 0))
-        silent.listen(16)
-        port = silent.getsockname()[1]
-        app = exposition.metrics_asgi_app(
-            dataclasses.replace(settings, redis_url=f"redis://127.0.0.1:{port}/0"))
+    with silent_redis() as url:
+        app = exposition.metrics_asgi_app(dataclasses.replace(settings, redis_url=url))
 
         async def scrape_while_ticking() -> tuple[httpx.Response, float, float]:
             gaps: list[float] = []

@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
-import socket
 from typing import Any
 
 import pytest
@@ -19,6 +18,7 @@ from memory_worker.reader import RunGuard, ZepRead
 from memory_worker.runtime import Runtime
 from memory_worker.zep import Failure, Reason
 from memory_worker.zep_sim import Fault, ZepSimulator
+from tests.processes import silent_redis
 
 
 def test_concurrent_async_reads_share_round_trips_and_each_gets_its_own_answer(
@@ -88,19 +88,6 @@ def test_concurrent_async_failures_are_each_recorded_in_pipelines_after_a_script
     assert runtime._redis_down_until == 0.0
 
 
-class BlackHole:
-    """A TCP server on loopback that accepts and never answers: a Redis that hangs."""
-
-    def __init__(self) -> None:
-        self.sock = socket.socket()
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.listen(64)
-        self.url = f"redis://127.0.0.1:{self.sock.getsockname()[1]}/0"
-
-    def close(self) -> None:
-        self.sock.close()
-
-
 @pytest.mark.parametrize("budget_s, blamed", [(0.01, False), (0.2, True)],
                          ids=["cut-by-the-budget", "whole-socket-timeout"])
 @pytest.mark.parametrize("side", ["sync", "async"])
@@ -109,11 +96,9 @@ def test_only_a_redis_step_that_had_its_whole_timeout_takes_the_process_off_redi
 ) -> None:
     """A step after the Zep call that ran out of the read's budget (10 ms left) says
     nothing about Redis; one that waited its full 50 ms socket timeout does."""
-    hole = BlackHole()
-    try:
-        runtime = Runtime(dataclasses.replace(read_settings, redis_url=hole.url))
-        call = runtime.guard.failure_call()
-        step = RunGuard(call, budget_s)
+    with silent_redis() as url:
+        runtime = Runtime(dataclasses.replace(read_settings, redis_url=url))
+        step = RunGuard(runtime.guard.failure_call(), budget_s)
         if side == "sync":
             assert runtime._perform(step) is None
         else:
@@ -122,8 +107,6 @@ def test_only_a_redis_step_that_had_its_whole_timeout_takes_the_process_off_redi
 
             assert asyncio.run(scenario()) is None
         assert (runtime._redis_down_until > 0) is blamed
-    finally:
-        hole.close()
 
 
 def test_an_async_zep_call_ends_early_by_what_the_loop_needs_to_wind_up_the_others(

@@ -32,6 +32,7 @@ from memory_worker.zep_sim import Fault, ZepSimulator
 from memory_worker.zep_v4 import PROBE_THREAD, ZepV4Client
 from memory_worker.zep_v4_identity import user_key
 from memory_worker.zep_v4_messages import facts_of, idempotency_key
+from tests.processes import silent_redis
 
 KEY = "test-key"
 BUDGET = 0.25
@@ -573,41 +574,27 @@ def test_a_read_returns_within_its_budget_whatever_the_server_does(
     assert elapsed_of(request) <= BUDGET + SLACK, elapsed_of(request)
 
 
-class _SilentRedis:
-    """A TCP port that accepts connections and never answers: a Redis that hangs."""
-
-    def __init__(self) -> None:
-        self.socket = socket.socket()
-        self.socket.bind(("127.0.0.1", 0))
-        self.socket.listen(16)
-        self.url = f"redis://127.0.0.1:{self.socket.getsockname()[1]}/0"
-
-    def close(self) -> None:
-        self.socket.close()
-
-
 def test_a_mapping_lookup_that_would_outlast_the_budget_is_a_timeout(
     sim: ZepSimulator, request: pytest.FixtureRequest
 ) -> None:
     """Redis that never answers: the read is a timeout within its budget, sync and async."""
-    silent = _SilentRedis()
-    hung = redis.Redis.from_url(silent.url, socket_timeout=5, decode_responses=True)
-    zep = ZepV4Client(sim.url, KEY, hung, keys=KEYS, read_budget_seconds=BUDGET)
+    with silent_redis() as url:
+        hung = redis.Redis.from_url(url, socket_timeout=5, decode_responses=True)
+        zep = ZepV4Client(sim.url, KEY, hung, keys=KEYS, read_budget_seconds=BUDGET)
 
-    async def on_loop() -> ReadResult:
-        return await zep.aget_memory(THREAD, 4)
+        async def on_loop() -> ReadResult:
+            return await zep.aget_memory(THREAD, 4)
 
-    try:
-        readings: list[Callable[[], ReadResult]] = [
-            lambda: zep.get_memory(THREAD, 4), lambda: asyncio.run(on_loop())]
-        for reading in readings:
-            started = time.monotonic()
-            result = failure(reading())
-            assert time.monotonic() - started <= BUDGET + SLACK
-            assert result.reason == Reason.TIMEOUT
-    finally:
-        zep.close()
-        silent.close()
+        try:
+            readings: list[Callable[[], ReadResult]] = [
+                lambda: zep.get_memory(THREAD, 4), lambda: asyncio.run(on_loop())]
+            for reading in readings:
+                started = time.monotonic()
+                result = failure(reading())
+                assert time.monotonic() - started <= BUDGET + SLACK
+                assert result.reason == Reason.TIMEOUT
+        finally:
+            zep.close()
     assert sim.requests() == []
 
 
