@@ -13,7 +13,9 @@ most the ``budget_seconds`` they carry (what is left of the read's budget):
 synchronously on a client whose every socket wait ends by then
 (``deadline_redis``), asynchronously under ``asyncio.timeout``, whose
 cancellation makes redis.asyncio disconnect the connection it interrupts. A
-step cut short, or left no time at all, counts as a Redis failure.
+step cut short, or left no time at all, is lost like a failed one, but only a
+step that had Redis's whole timeout blames Redis; on an event loop that timeout
+counts the loop's attention, not its stalls (``LoopTimeout``).
 """
 
 from __future__ import annotations
@@ -47,6 +49,7 @@ from memory_worker.guard import SCRIPT as GUARD_SCRIPT
 from memory_worker.guard import Guard
 from memory_worker.keys import Keys
 from memory_worker.ledger import Ledger
+from memory_worker.loop_timeout import LoopTimeout
 from memory_worker.probe import Prober
 from memory_worker.reader import (
     AFTER_READ,
@@ -71,6 +74,13 @@ from memory_worker.zep_http import shared_ssl_context
 
 # A Redis that does not answer must cost a read milliseconds, not its budget.
 READ_PATH_REDIS_TIMEOUT_S = 0.05
+# On an event loop, that timeout counts the loop's attention (``LoopTimeout``): a loop
+# stalled for hundreds of milliseconds is not a sign of a sick Redis, and blaming Redis
+# would send every read of the next second past the cache to Zep. However busy the loop,
+# an exchange with Redis ends after this. The asyncio client's own socket timeouts are
+# only a backstop behind it.
+ASYNC_REDIS_CEILING_S = 0.5
+ASYNC_REDIS_BACKSTOP_S = 2 * ASYNC_REDIS_CEILING_S
 REDIS_DOWN_BACKOFF_S = 1.0
 # How much earlier an asynchronous read's Zep call ends for each other read in flight on
 # its loop, and at most (``Runtime._aread_zep``).
@@ -365,8 +375,10 @@ class Runtime:
         try:
             async with asyncio.timeout(step.budget_seconds):
                 return await state.perform(step)
-        except (redis.TimeoutError, TimeoutError):
+        except redis.TimeoutError:  # Redis had its timeout of the loop's attention
             return self._timed_out(step)
+        except TimeoutError:  # the read's budget ran out first: on a busy loop
+            return self._no_time_left(step)
         except redis.RedisError:
             self._redis_failed(step)
             return None
@@ -410,8 +422,8 @@ class _AsyncRedis:
     def __init__(self, settings: Settings) -> None:
         self.conn = async_state_redis(
             settings, decode_responses=True, retry=AsyncRetry(NoBackoff(), 0),
-            socket_timeout=READ_PATH_REDIS_TIMEOUT_S,
-            socket_connect_timeout=READ_PATH_REDIS_TIMEOUT_S,
+            socket_timeout=ASYNC_REDIS_BACKSTOP_S,
+            socket_connect_timeout=ASYNC_REDIS_BACKSTOP_S,
         )
         self._cluster = settings.redis_cluster
         self.after_read = self.conn.register_script(
@@ -439,12 +451,13 @@ class _AsyncRedis:
         batch, self._waiting = self._waiting, []
         replies: list[Any]
         try:
-            if self._cluster:  # snapshots only: the scripts are not queued on a cluster
-                replies = await self._slot_snapshots([command[1] for command, _ in batch])
-            elif len(batch) == 1:
-                replies = [await self._one(batch[0][0])]
-            else:
-                replies = await self._pipelined([command for command, _ in batch])
+            async with _redis_time():
+                if self._cluster:  # snapshots only: the scripts are not queued on a cluster
+                    replies = await self._slot_snapshots([command[1] for command, _ in batch])
+                elif len(batch) == 1:
+                    replies = [await self._one(batch[0][0])]
+                else:
+                    replies = await self._pipelined([command for command, _ in batch])
         except Exception as exc:  # each waiting read fails open, as after its own command
             error = exc if isinstance(exc, redis.RedisError) else redis.RedisError(repr(exc))
             replies = [error for _ in batch]
@@ -502,19 +515,25 @@ class _AsyncRedis:
 
     async def _after_read_by_slot(self, step: AfterRead) -> Any:
         """``Runtime._after_read_by_slot``'s asyncio twin."""
-        entry = step.entry()
-        if entry is not None:
-            key, value, ttl_ms = entry
-            await self.conn.set(key, value, px=ttl_ms)
-        keys, args = step.shared()
-        return await self.after_read(keys=keys, args=args)
+        async with _redis_time():
+            entry = step.entry()
+            if entry is not None:
+                key, value, ttl_ms = entry
+                await self.conn.set(key, value, px=ttl_ms)
+            keys, args = step.shared()
+            return await self.after_read(keys=keys, args=args)
+
+    async def _script_by_slot(self, script: AsyncScript, keys: list[Any],
+                              args: list[Any]) -> Any:
+        async with _redis_time():
+            return await script(keys=keys, args=args)
 
     def perform(self, step: Bounded) -> Awaitable[Any]:
         if isinstance(step, AfterRead) and self._cluster:
             return self._after_read_by_slot(step)
         script, keys, args = self._script_call(step)
         if self._cluster:  # a script's keys are in one slot, not those of the others
-            return script(keys=keys, args=args)
+            return self._script_by_slot(script, keys, args)
         return self._queue(("EVALSHA", script, keys, args))
 
     def _script_call(self, step: Bounded) -> tuple[AsyncScript, list[Any], list[Any]]:
@@ -523,6 +542,11 @@ class _AsyncRedis:
         if isinstance(step, AfterRead):
             return self.after_read, list(step.keys), list(step.args)
         return self.pause, list(step.keys), list(step.args)
+
+
+def _redis_time() -> LoopTimeout:
+    """The read path's Redis timeout, counted in the event loop's attention."""
+    return LoopTimeout(READ_PATH_REDIS_TIMEOUT_S, ceiling=ASYNC_REDIS_CEILING_S)
 
 
 # What a pass of the loop sends together: ("MGET", keys) or ("EVALSHA", script, keys, args).

@@ -17,7 +17,7 @@ from memory_worker.keys import Keys
 from memory_worker.reader import RunGuard, ZepRead
 from memory_worker.runtime import Runtime
 from memory_worker.zep import Failure, Reason
-from memory_worker.zep_sim import ZepSimulator
+from memory_worker.zep_sim import Fault, ZepSimulator
 from tests.processes import silent_redis
 
 
@@ -59,6 +59,33 @@ def test_concurrent_async_reads_fail_open_together_when_redis_fails(
     results = asyncio.run(scenario())
     assert [meta["source"] for _, meta in results] == ["zep"] * 20
     assert all(meta["cached"] is False for _, meta in results)
+
+
+def test_concurrent_async_failures_are_each_recorded_in_pipelines_after_a_script_flush(
+    read_settings: Settings, sim: ZepSimulator, conn: redis.Redis, keys: Keys
+) -> None:
+    """200 reads failing at once (Zep answers 500): each failure reaches the guard, their
+    scripts going out in pipelines on a couple of connections, and Redis having lost
+    its scripts (a restart, a flush) costs a reload, not the failures."""
+    runtime = Runtime(dataclasses.replace(read_settings, disable_auto_downgrade=True,
+                                          read_timeout_ms=10_000))
+    sim.add_fault(Fault(method="GET", path="*/memory", status=500))
+    conn.script_flush()
+
+    async def scenario() -> tuple[list[Any], int]:
+        results = await asyncio.gather(*(runtime.afetch(f"f-{i}", "summary")
+                                         for i in range(200)))
+        client = runtime._async_redis().conn
+        assert isinstance(client, aredis.Redis)
+        pool = client.connection_pool
+        return list(results), len(pool._available_connections) + len(pool._in_use_connections)
+
+    results, connections = asyncio.run(scenario())
+    assert {(meta["source"], meta["reason"]) for _, meta in results} == {("error",
+                                                                          "server_error")}
+    assert int(conn.get(keys.consecutive_failures) or 0) == 200
+    assert connections <= 20  # a pipeline per pass of the loop, not a connection per read
+    assert runtime._redis_down_until == 0.0
 
 
 @pytest.mark.parametrize("budget_s, blamed", [(0.01, False), (0.2, True)],
