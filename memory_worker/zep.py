@@ -51,7 +51,14 @@ from memory_worker.config import Settings
 from memory_worker.errors import ConfigError, InvalidRequest
 from memory_worker.ids import ID_RULE, is_valid_id
 from memory_worker.logs import log_event
-from memory_worker.zep_http import Call, Clients, acall, call_on_pool, parse_retry_after
+from memory_worker.zep_http import (
+    Call,
+    Clients,
+    acall,
+    call_here,
+    call_on_pool,
+    parse_retry_after,
+)
 
 if TYPE_CHECKING:
     from memory_worker.redis_clients import StateRedis
@@ -263,7 +270,7 @@ class ZepClient:
         return self._call(
             _budget(budget_seconds, self.read_budget_seconds),
             lambda sdk: sdk.memory.get(session_id, lastn=lastn),
-            _memory, self._read_failure,
+            _memory, self._read_failure, here=True,
         )
 
     async def aget_memory(
@@ -368,13 +375,19 @@ class ZepClient:
         operation: Callable[[BaseClient], _T],
         convert: Callable[[_T], _R],
         translate: Callable[[Exception, Call], _F],
+        *, here: bool = False,
     ) -> _R | _F:
+        """One SDK call within ``budget``: on a pool thread, or ``here`` in the caller's
+        (a read, whose caller waits for it anyway: ``call_here``)."""
         call = Call(time.monotonic() + budget)
         try:
             # Built on first use, inside the try: a client that cannot be built (a proxy
             # scheme without its package) is a failure of this call, never an exception.
             sdk, pool = self._clients.sync()
-            value = call_on_pool(pool, call, lambda: operation(sdk))
+            if here:
+                value = call_here(call, lambda: operation(sdk))
+            else:
+                value = call_on_pool(pool, call, lambda: operation(sdk))
         except Exception as exc:
             return translate(exc, call)
         return self._converted(value, convert, translate, call)

@@ -76,7 +76,7 @@ from memory_worker.zep import (
     landed_chunks,
     transport_failure,
 )
-from memory_worker.zep_http import Call, acall, call_on_pool
+from memory_worker.zep_http import Call, acall, call_here, call_on_pool
 from memory_worker.zep_v4_clients import Clients
 from memory_worker.zep_v4_identity import Identities, Stopped
 from memory_worker.zep_v4_messages import NAMESPACE, idempotency_key, memory, metadata_of, outgoing
@@ -260,13 +260,17 @@ class ZepV4Client:
 
     # steps (``zep_v4_identity.Steps``)
 
-    def zep(self, deadline: float, operation: Callable[[Zep], _T], missing: Reason) -> _T:
-        """One SDK call within ``deadline``; its failure raised as ``Stopped``."""
+    def zep(self, deadline: float, operation: Callable[[Zep], _T], missing: Reason, *,
+            here: bool = False) -> _T:
+        """One SDK call within ``deadline``, on a call thread or ``here`` in the caller's
+        (``zep_http.call_here``); its failure raised as ``Stopped``."""
         call = Call(deadline)
         try:
             # Built on first use, inside the try: a client that cannot be built is a
             # failure of this call, never an exception.
             sdk, pool = self._clients.sync()
+            if here:
+                return call_here(call, lambda: operation(sdk))
             return call_on_pool(pool, call, lambda: operation(sdk))
         except Exception as exc:
             raise Stopped(self._failure(exc, call, missing)) from None
@@ -295,9 +299,10 @@ class ZepV4Client:
     # machinery
 
     def _attempt(self, deadline: float, operation: Callable[[Zep], Any]) -> Any:
-        """The value of one read call, or its ``Failure``."""
+        """The value of one read call, made in this thread (the reader's, or a waiter's
+        that the reader waits for within the deadline), or its ``Failure``."""
         try:
-            return self.zep(deadline, operation, Reason.NOT_FOUND)
+            return self.zep(deadline, operation, Reason.NOT_FOUND, here=True)
         except Stopped as stop:
             return stop.failure
 

@@ -67,7 +67,7 @@ class Clients:
         return self._built_pools()[0]
 
     def waiters(self) -> ThreadPoolExecutor:
-        """Threads that only wait on calls, so that a read makes its calls at once."""
+        """Threads that make a read's calls at once, each within the read's deadline."""
         return self._built_pools()[1]
 
     def sync(self) -> tuple[Zep, ThreadPoolExecutor]:

@@ -236,17 +236,98 @@ def test_a_read_with_its_own_budget_keeps_to_it(sim: ZepSimulator, zep: ZepClien
     assert time.monotonic() - started <= 0.1 + SLACK
 
 
-def test_stalled_reads_do_not_pile_up_threads(sim: ZepSimulator) -> None:
-    """An abandoned call ends at its deadline, so the call threads stay few."""
+def test_stalled_reads_run_in_the_callers_thread_and_end_there(sim: ZepSimulator) -> None:
+    """A synchronous read is sent from the caller's own thread (no hand-off to a call
+    thread), and a stalled one ends there at its deadline; a write goes to a call thread."""
     sim.add_fault(Fault(trickle_bytes=1, trickle_interval_ms=30))
-    zep = ZepClient(sim.url, KEY, read_budget_seconds=0.05)
+    zep = ZepClient(sim.url, KEY, read_budget_seconds=0.05, write_budget_seconds=0.05)
     try:
         for _ in range(20):
+            started = time.monotonic()
             assert failure(zep.get_memory(THREAD, lastn=1)).reason == Reason.TIMEOUT
-        call_threads = [t for t in threading.enumerate() if t.name.startswith("zep_")]
+            assert time.monotonic() - started <= 0.05 + SLACK
+        after_reads = [t for t in threading.enumerate() if t.name.startswith("zep_")]
+        zep.add_session("s-1")
+        after_a_write = [t for t in threading.enumerate() if t.name.startswith("zep_")]
     finally:
         zep.close()
-    assert len(call_threads) < 10
+    assert after_reads == []
+    assert len(after_a_write) == 1
+
+
+def _resolving(monkeypatch: pytest.MonkeyPatch,
+               answer: Callable[[str], list[str]]) -> list[str]:
+    """``socket.getaddrinfo`` answering ``answer(host)`` for a name (an address stands
+    for itself); the names asked, in order."""
+    asked: list[str] = []
+
+    def getaddrinfo(host: str, port: int, *args: object, **kwargs: object) -> list[object]:
+        if host[0].isdigit():
+            addresses = [host]
+        else:
+            asked.append(host)
+            addresses = answer(host)
+        return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", (address, port))
+                for address in addresses]
+
+    monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
+    return asked
+
+
+def test_a_host_name_that_does_not_resolve_in_time_is_a_timeout_within_budget(
+    sim: ZepSimulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``getaddrinfo`` has no timeout of its own: a resolver that does not answer must not
+    hold a read past its budget."""
+    answered = threading.Event()
+
+    def slow(host: str) -> list[str]:
+        answered.wait(5)
+        return ["127.0.0.1"]
+
+    asked = _resolving(monkeypatch, slow)
+    zep = ZepClient(sim.url.replace("127.0.0.1", "zep.internal"), KEY,
+                    read_budget_seconds=0.1)
+    try:
+        started = time.monotonic()
+        result = zep.get_memory(THREAD, lastn=1)
+        elapsed = time.monotonic() - started
+    finally:
+        answered.set()
+        zep.close()
+    assert failure(result).reason == Reason.TIMEOUT
+    assert elapsed <= 0.1 + SLACK
+    assert asked == ["zep.internal"]
+
+
+def test_a_host_name_is_connected_at_the_first_of_its_addresses_that_answers(
+    sim: ZepSimulator, zep: ZepClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each address of the name in the resolver's order, as ``socket.create_connection``:
+    nothing listens at 127.0.0.2 on the simulator's port, so the read goes to 127.0.0.1."""
+    sim.ensure_session(THREAD)
+    asked = _resolving(monkeypatch, lambda host: ["127.0.0.2", "127.0.0.1"])
+    named = ZepClient(sim.url.replace("127.0.0.1", "zep.internal"), KEY)
+    try:
+        assert isinstance(named.get_memory(THREAD, lastn=1), Memory)
+    finally:
+        named.close()
+    assert asked == ["zep.internal"]
+    assert len(sim.requests()) == 1
+
+
+def test_a_host_name_without_any_address_that_answers_is_a_connection_error(
+    monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with socket.socket() as unused:
+        unused.bind(("127.0.0.1", 0))
+        port = unused.getsockname()[1]
+    _resolving(monkeypatch, lambda host: ["127.0.0.2", "127.0.0.3"])
+    zep = ZepClient(f"http://zep.internal:{port}", KEY)
+    try:
+        assert failure(zep.get_memory(THREAD, lastn=1)).reason == Reason.CONNECTION_ERROR
+    finally:
+        zep.close()
 
 
 # writes

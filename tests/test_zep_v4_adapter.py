@@ -408,6 +408,21 @@ def test_the_summary_views_calls_are_made_at_once_within_one_budget(
     assert len(sim.requests()) == 3
 
 
+def test_a_synchronous_reads_calls_are_made_without_a_hop_to_a_call_thread(
+    sim: ZepSimulator, zep: ZepV4Client, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One call (recent) is made in the reader's thread, several (summary) each in the
+    waiter thread that runs it: never handed on again to a call thread."""
+    seeded(sim, zep)
+
+    def no_hop(*args: object) -> None:
+        raise AssertionError("a read's call was handed to a call thread")
+
+    monkeypatch.setattr("memory_worker.zep_v4.call_on_pool", no_hop)
+    assert isinstance(zep.get_memory(THREAD, 4, view="recent"), Memory)
+    assert isinstance(zep.get_memory(THREAD, 4, view="summary"), Memory)
+
+
 # requests: retries off, the Idempotency-Key
 
 
