@@ -20,7 +20,8 @@ from typing import Any
 import pytest
 import redis
 
-from examples.chat_app import make_chat_server, reply_id
+from examples.chat_app import make_chat_server
+from examples.chat_turn import reply_id
 from memory_worker import runtime
 from memory_worker.celery_app import WRITE_QUEUE
 from memory_worker.config import Settings

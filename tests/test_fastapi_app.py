@@ -15,7 +15,7 @@ import pytest
 import redis
 from fastapi import FastAPI
 
-from examples.chat_app import reply_id
+from examples.chat_turn import reply_id
 from examples.fastapi_chat import create_app
 from memory_worker import runtime
 from memory_worker.celery_app import WRITE_QUEUE, sender

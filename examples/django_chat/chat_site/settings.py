@@ -8,9 +8,14 @@ give them the same values (``REDIS_URL``, ``ZEP_*``, ``FLAG_*``).
 """
 
 import os
+import sys
 from pathlib import Path
 
 BASE_DIR = Path(__file__).resolve().parent.parent
+# The chat turn is the one the other examples serve (``examples/chat_turn.py``): the
+# repository's root goes on the path, last, so that it shadows nothing installed.
+if str(BASE_DIR.parent.parent) not in sys.path:
+    sys.path.append(str(BASE_DIR.parent.parent))
 
 SECRET_KEY = os.environ.get("DJANGO_SECRET_KEY", "example-only-not-a-secret")
 DEBUG = os.environ.get("DJANGO_DEBUG", "false").lower() == "true"
