@@ -104,7 +104,10 @@ def _url_problem(variable: str, url: str, parse: Callable[[str], object]) -> Con
 def _redis_options(url: str) -> object:
     """Parse ``url`` and build (without connecting) the connection its options describe."""
     parse_url(url)  # type: ignore[no-untyped-call]
-    return redis.ConnectionPool.from_url(url).make_connection()
+    try:
+        return redis.ConnectionPool.from_url(url).make_connection()
+    except redis.RedisError as exc:  # an option value it refuses (ssl_cert_reqs=soon)
+        raise ValueError(str(exc)) from exc
 
 
 def _port(url: str) -> object:

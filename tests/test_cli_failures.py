@@ -24,7 +24,7 @@ from typing import Any
 import pytest
 import redis
 from click.testing import CliRunner
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from memory_worker import dlq
@@ -223,6 +223,7 @@ def fuzz_env(cli_env: dict[str, str], monkeypatch: pytest.MonkeyPatch, tmp_path:
           suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(url=dead_urls(["redis", "rediss", "unix", "http", "amqp", "redis+socket"]),
        command=st.sampled_from([["status"], ["dlq", "list"], ["invalidate", "t-1"]]))
+@example(url="rediss://user:hunter2@127.0.0.1:1?ssl_cert_reqs=soon", command=["status"])
 def test_any_dead_or_malformed_redis_url_is_one_line(
     fuzz_env: None, url: str, command: list[str]
 ) -> None:
