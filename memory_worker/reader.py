@@ -10,11 +10,13 @@ failed comes back as ``None``: the flow then fails open onto the process's
 A cache hit or a blocked read costs one Redis round trip (one ``MGET`` of the
 forced record, the cache entry and the 429 pause); a cache miss adds the Zep
 call and one script that caches, resets the failure count and records the
-latency sample together. On a Redis Cluster the cache entry and the
-deployment's keys are in different slots: the snapshot is an ``MGET`` of the
-forced record and the pause and a ``GET`` of the entry, pipelined (one round
-trip to each of at most two nodes, sent together), and the script after a
-miss is a ``SET`` of the entry and ``AFTER_READ_SHARED``.
+latency sample together; after a failure, the same script also counts it with
+the guard (or forces the downgrade an auth failure calls for). On a Redis
+Cluster the cache entry and the deployment's keys are in different slots: the
+snapshot is an ``MGET`` of the forced record and the pause and a ``GET`` of
+the entry, pipelined (one round trip to each of at most two nodes, sent
+together), and the script after a miss is a ``SET`` of the entry and
+``AFTER_READ_SHARED`` (``AFTER_FAILURE_SHARED`` after a failure).
 
 Nothing else on the way of a hit or a blocked read waits or allocates much:
 the performers take the ``MGET`` step without driving the generator
@@ -45,6 +47,7 @@ from memory_worker.clock import Clock
 from memory_worker.config import Settings
 from memory_worker.errors import InvalidRequest
 from memory_worker.fallback import LocalGuard
+from memory_worker.guard import SCRIPT as GUARD_SCRIPT
 from memory_worker.guard import Decision, Guard, ScriptCall
 from memory_worker.ids import ID_RULE, is_valid_id
 from memory_worker.keys import VIEWS, Keys
@@ -117,6 +120,22 @@ return tostring((values[n / 2] + values[n / 2 + 1]) / 2)
 # miss. The entry goes first because it is what the next read of the thread uses.
 AFTER_READ_SHARED = "local KEYS = {'', unpack(KEYS)}\n" + AFTER_READ
 
+
+
+def _after_failure(after_read: str, after_read_keys: int) -> str:
+    """The script after a read that failed with a guarded reason: ``after_read`` (its
+    first ``after_read_keys`` KEYS, ten ARGV), then the downgrade script on the rest
+    (guard.py), whose reply it returns. One round trip instead of two for every read
+    that a sick Zep fails, when the reads of a whole stalled crowd end at once."""
+    return (f"local function after_read(KEYS, ARGV)\n{after_read}\nend\n"
+            f"local function downgrade(KEYS, ARGV)\n{GUARD_SCRIPT}\nend\n"
+            f"after_read({{unpack(KEYS, 1, {after_read_keys})}}, {{unpack(ARGV, 1, 10)}})\n"
+            f"return downgrade({{unpack(KEYS, {after_read_keys + 1})}}, {{unpack(ARGV, 11)}})\n")
+
+
+AFTER_FAILURE = _after_failure(AFTER_READ, 5)
+AFTER_FAILURE_SHARED = _after_failure(AFTER_READ_SHARED, 4)  # a cluster's: no entry
+
 # KEYS: pause key; ARGV: until (epoch seconds), ttl ms. Only ever lengthens the pause.
 PAUSE = """
 local current = tonumber(redis.call('GET', KEYS[1]))
@@ -141,18 +160,31 @@ class ZepRead:
 
 @dataclass(frozen=True)
 class AfterRead:
+    """``AFTER_READ``; with ``guard``, ``AFTER_FAILURE``: the failure counted (or the
+    downgrade forced) in the same script, whose reply is then the guard's."""
+
     keys: list[str]
     args: list[str | int | float]
     budget_seconds: float  # the longest this step may take; at most 0: no time left
+    guard: ScriptCall | None = None
 
     def entry(self) -> tuple[str, str, int] | None:
         """The cache entry to set (key, value, TTL in ms), None when there is none."""
         value = str(self.args[3])
         return (self.keys[0], value, int(self.args[4])) if value else None
 
+    def call(self) -> tuple[list[str], list[str | int | float]]:
+        """The script's keys and arguments on one server."""
+        if self.guard is None:
+            return self.keys, self.args
+        return [*self.keys, *self.guard.keys], [*self.args, *self.guard.args]
+
     def shared(self) -> tuple[list[str], list[str | int | float]]:
-        """``AFTER_READ_SHARED``'s keys and arguments: this step without its entry."""
-        return self.keys[1:], [*self.args[:3], "", *self.args[4:]]
+        """The ``_SHARED`` script's keys and arguments: this step without its entry."""
+        keys, args = self.keys[1:], [*self.args[:3], "", *self.args[4:]]
+        if self.guard is None:
+            return keys, args
+        return [*keys, *self.guard.keys], [*args, *self.guard.args]
 
 
 @dataclass(frozen=True)
@@ -305,16 +337,24 @@ class ReadPolicy:
         reason = outcome.reason
         metrics.safe_inc(metrics.context_failures, reason=reason.value)
         negative = cache.negative(reason.value) if reason in _NEGATIVE else ""
-        yield self._after_read(cache_key, negative, self.settings.negative_cache_ttl_seconds,
-                               took, ends, success=False)
+        if reason is Reason.TIMEOUT:
+            log_event(log, "zep_context_timeout", logging.WARNING, thread_id=thread_id,
+                      took_ms=round(took * 1000, 1))
+        guarded = reason is Reason.AUTH or reason in _GUARDED
+        call = None
+        if guarded and shared:  # the guard's script runs in the after-read's
+            call = (self.guard.force_call("auth") if reason is Reason.AUTH
+                    else self.guard.failure_call())
+        reply = yield self._after_read(cache_key, negative,
+                                       self.settings.negative_cache_ttl_seconds, took, ends,
+                                       success=False, guard=call)
         decision = None
-        if reason is Reason.AUTH:
-            decision = yield from self._force("auth", shared, now, ends)
-        elif reason in _GUARDED:
-            if reason is Reason.TIMEOUT:
-                log_event(log, "zep_context_timeout", logging.WARNING, thread_id=thread_id,
-                          took_ms=round(took * 1000, 1))
-            decision = yield from self._count_failure(shared, now, ends)
+        if call is not None and reply is not None:
+            decision = self.guard.conclude(call, reply)
+        elif guarded:  # Redis failed: the process's own guard decides
+            decision = self._local_decision(
+                self.local.force_now("auth", now) if reason is Reason.AUTH
+                else self.local.record_failure(now))
         elif reason is Reason.RATE_LIMITED:
             yield from self._pause(outcome, shared, now, ends)
         mode = effective_mode(base, decision.record if decision else None)
@@ -338,7 +378,8 @@ class ReadPolicy:
         return record
 
     def _after_read(self, cache_key: str, value: str, ttl_seconds: int, took: float,
-                    ends: float, *, success: bool) -> AfterRead:
+                    ends: float, *, success: bool, guard: ScriptCall | None = None
+                    ) -> AfterRead:
         keys = [cache_key, self.keys.read_latencies, self.keys.consecutive_failures,
                 self.keys.failure_window_start, self.keys.probe_failures]
         track = self.settings.latency_downgrade_ms > 0
@@ -347,7 +388,7 @@ class ReadPolicy:
             ttl_seconds * 1000, "1" if success else "0", LATENCY_WINDOW_MS,
             LATENCY_MIN_SAMPLES, LATENCY_MAX_SAMPLES, "1" if track else "0",
         ]
-        return AfterRead(keys, args, ends - self.perf())
+        return AfterRead(keys, args, ends - self.perf(), guard)
 
     def _too_slow(self, median: object) -> bool:
         threshold = self.settings.latency_downgrade_ms
@@ -361,15 +402,6 @@ class ReadPolicy:
             if reply is not None:
                 return self.guard.conclude(call, reply)
         return self._local_decision(self.local.force_now(reason, now))
-
-    def _count_failure(self, shared: bool, now: float,
-                       ends: float) -> Generator[Step, Any, Decision]:
-        if shared:
-            call = self.guard.failure_call()
-            reply = yield RunGuard(call, ends - self.perf())
-            if reply is not None:
-                return self.guard.conclude(call, reply)
-        return self._local_decision(self.local.record_failure(now))
 
     def _pause(self, outcome: Failure, shared: bool, now: float,
                ends: float) -> Generator[Step, Any, None]:

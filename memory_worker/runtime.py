@@ -34,7 +34,7 @@ from typing import Any, cast
 import redis
 from redis.asyncio.retry import Retry as AsyncRetry
 from redis.backoff import NoBackoff
-from redis.commands.core import AsyncScript
+from redis.commands.core import AsyncScript, Script
 from redis.exceptions import NoScriptError
 from redis.retry import Retry
 
@@ -52,6 +52,8 @@ from memory_worker.ledger import Ledger
 from memory_worker.loop_timeout import LoopTimeout
 from memory_worker.probe import Prober
 from memory_worker.reader import (
+    AFTER_FAILURE,
+    AFTER_FAILURE_SHARED,
     AFTER_READ,
     AFTER_READ_SHARED,
     PAUSE,
@@ -121,6 +123,10 @@ class Runtime:
             RunGuard: self._bounded.register_script(GUARD_SCRIPT),
             Pause: self._bounded.register_script(PAUSE),
         }
+        self._after_failure = self._bounded.register_script(
+            AFTER_FAILURE_SHARED if settings.redis_cluster else AFTER_FAILURE)
+        self._bounded_pool = (self._bounded.connection_pool
+                              if isinstance(self._bounded, redis.Redis) else None)
         self._async: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _AsyncRedis] = (
             weakref.WeakKeyDictionary()
         )
@@ -293,16 +299,40 @@ class Runtime:
         try:
             with within(step.budget_seconds):
                 if type(step) is RunGuard:
-                    return self._scripts[RunGuard](keys=step.call.keys, args=step.call.args)
-                if type(step) is AfterRead and self._pool is None:
-                    return self._after_read_by_slot(step)
-                assert isinstance(step, AfterRead | Pause)
-                return self._scripts[type(step)](keys=step.keys, args=step.args)
+                    return self._eval(self._scripts[RunGuard], step.call.keys, step.call.args)
+                if type(step) is AfterRead:
+                    if self._pool is None:
+                        return self._after_read_by_slot(step)
+                    keys, args = step.call()
+                    return self._eval(self._after_read_script(step), keys, args)
+                assert isinstance(step, Pause)
+                return self._eval(self._scripts[Pause], step.keys, step.args)
         except redis.TimeoutError:
             return self._timed_out(step)
         except redis.RedisError:
             self._redis_failed(step)
             return None
+
+    def _eval(self, script: Script, keys: list[str], args: list[Any]) -> Any:
+        """``script``'s reply, sent on a connection of the bounded pool directly, as
+        ``_snapshot`` sends its ``MGET`` (the command wrapper's retry closure and
+        observability hooks cost a tenth of the round trip); ``EVAL`` once when Redis
+        does not know the script (it restarted, or its scripts were flushed)."""
+        pool = self._bounded_pool
+        assert pool is not None
+        conn = pool.get_connection()
+        try:
+            conn.send_command("EVALSHA", script.sha, len(keys), *keys, *args)  # type: ignore[no-untyped-call]
+            try:
+                return conn.read_response()
+            except NoScriptError:
+                conn.send_command("EVAL", script.script, len(keys), *keys, *args)  # type: ignore[no-untyped-call]
+                return conn.read_response()
+        except (redis.ConnectionError, redis.TimeoutError):
+            conn.disconnect()  # type: ignore[no-untyped-call]
+            raise
+        finally:
+            pool.release(conn)
 
     def _after_read_by_slot(self, step: AfterRead) -> Any:
         """``AfterRead`` on a Redis Cluster: the entry's ``SET``, then ``AFTER_READ_SHARED``
@@ -312,7 +342,10 @@ class Runtime:
             key, value, ttl_ms = entry
             self._bounded.set(key, value, px=ttl_ms)
         keys, args = step.shared()
-        return self._scripts[AfterRead](keys=keys, args=args)
+        return self._after_read_script(step)(keys=keys, args=args)
+
+    def _after_read_script(self, step: AfterRead) -> Any:
+        return self._scripts[AfterRead] if step.guard is None else self._after_failure
 
     def _redis_failed(self, step: Step) -> None:
         self._redis_down_until = time.monotonic() + REDIS_DOWN_BACKOFF_S
@@ -428,6 +461,8 @@ class _AsyncRedis:
         self._cluster = settings.redis_cluster
         self.after_read = self.conn.register_script(
             AFTER_READ_SHARED if self._cluster else AFTER_READ)
+        self.after_failure = self.conn.register_script(
+            AFTER_FAILURE_SHARED if self._cluster else AFTER_FAILURE)
         self.guard = self.conn.register_script(GUARD_SCRIPT)
         self.pause = self.conn.register_script(PAUSE)
         self.reads = 0  # reads in flight on this loop
@@ -521,7 +556,10 @@ class _AsyncRedis:
                 key, value, ttl_ms = entry
                 await self.conn.set(key, value, px=ttl_ms)
             keys, args = step.shared()
-            return await self.after_read(keys=keys, args=args)
+            return await self._after_read_script(step)(keys=keys, args=args)
+
+    def _after_read_script(self, step: AfterRead) -> AsyncScript:
+        return self.after_read if step.guard is None else self.after_failure
 
     async def _script_by_slot(self, script: AsyncScript, keys: list[Any],
                               args: list[Any]) -> Any:
@@ -540,7 +578,8 @@ class _AsyncRedis:
         if isinstance(step, RunGuard):
             return self.guard, list(step.call.keys), list(step.call.args)
         if isinstance(step, AfterRead):
-            return self.after_read, list(step.keys), list(step.args)
+            keys, args = step.call()
+            return self._after_read_script(step), list(keys), list(args)
         return self.pause, list(step.keys), list(step.args)
 
 

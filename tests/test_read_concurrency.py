@@ -88,6 +88,23 @@ def test_concurrent_async_failures_are_each_recorded_in_pipelines_after_a_script
     assert runtime._redis_down_until == 0.0
 
 
+def test_a_sync_read_after_a_script_flush_still_caches_and_counts_its_failure(
+    read_settings: Settings, sim: ZepSimulator, conn: redis.Redis, keys: Keys
+) -> None:
+    """Redis having lost its scripts costs a synchronous read's step an ``EVAL``, not the
+    step: the success is cached, the failure counted, and Redis is not blamed."""
+    runtime = Runtime(read_settings)
+    sim.seed("ok", summary="s")
+    conn.script_flush()
+    assert runtime.fetch("ok", "summary")[1]["cached"] is False
+    assert runtime.fetch("ok", "summary")[1]["cached"] is True
+    sim.add_fault(Fault(method="GET", path="*/memory", status=500))
+    conn.script_flush()
+    assert runtime.fetch("bad", "summary")[1]["reason"] == "server_error"
+    assert conn.get(keys.consecutive_failures) == "1"
+    assert runtime._redis_down_until == 0.0
+
+
 @pytest.mark.parametrize("budget_s, blamed", [(0.01, False), (0.2, True)],
                          ids=["cut-by-the-budget", "whole-socket-timeout"])
 @pytest.mark.parametrize("side", ["sync", "async"])

@@ -6,6 +6,7 @@ where v4 answers differently by design, the test says so and asserts it.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import email.utils
 import json
@@ -193,6 +194,43 @@ def test_timeouts_5xx_and_connection_errors_count_a_failure(
         assert negative is not None and json.loads(negative)["reason"] == "timeout"
     else:
         assert negative is None
+
+
+def scripts_run(conn: redis.Redis) -> int:
+    stats = conn.info("commandstats")
+    return sum(int(stats.get(f"cmdstat_{name}", {}).get("calls", 0))
+               for name in ("eval", "evalsha"))
+
+
+@pytest.mark.parametrize("side", ["sync", "async"])
+@pytest.mark.parametrize(("status", "reason"), [(500, "consecutive_failures"), (401, "auth")])
+def test_a_failed_read_takes_one_round_trip_to_redis_after_zep(
+    runtime: Runtime, zep_api: ZepApiUnderTest, sim: ZepSimulator, conn: redis.Redis,
+    keys: Keys, status: int, reason: str, side: str
+) -> None:
+    """Its negative entry, its latency sample and the guard's count (or the downgrade an
+    auth failure forces) are one script, as the caching after a success is: a crowd of
+    reads that a sick Zep fails at once is not held up by a second round trip each."""
+    def fetch(thread: str) -> tuple[Any, Any]:
+        if side == "sync":
+            return runtime.fetch(thread, "summary")
+        return asyncio.run(runtime.afetch(thread, "summary"))
+
+    for thread in ("w", "x", "y"):
+        zep_api.prepare(thread)
+    sim.add_fault(zep_api.read_fault(status=status))
+    fetch("w")  # the scripts loaded, the connections made
+    conn.delete(keys.forced, keys.consecutive_failures)
+    before = scripts_run(conn)
+    _, meta = fetch("x")
+    assert meta["source"] == "error"
+    assert scripts_run(conn) - before == 1
+    if reason == "auth":
+        assert json.loads(conn.get(keys.forced) or "")["reason"] == "auth"
+        assert meta["mode"] == "write_only"
+        assert fetch("y")[1]["source"] == "write_only_forced"
+    else:
+        assert conn.get(keys.consecutive_failures) == "1" and conn.exists(keys.forced) == 0
 
 
 def test_three_failures_force_write_only_with_consecutive_failures(
