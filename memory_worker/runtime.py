@@ -317,9 +317,11 @@ class Runtime:
         """``script``'s reply, sent on a connection of the bounded pool directly, as
         ``_snapshot`` sends its ``MGET`` (the command wrapper's retry closure and
         observability hooks cost a tenth of the round trip); ``EVAL`` once when Redis
-        does not know the script (it restarted, or its scripts were flushed)."""
+        does not know the script (it restarted, or its scripts were flushed). A
+        cluster's client sends it to the node of its keys' slot."""
         pool = self._bounded_pool
-        assert pool is not None
+        if pool is None:
+            return script(keys=keys, args=args)
         conn = pool.get_connection()
         try:
             conn.send_command("EVALSHA", script.sha, len(keys), *keys, *args)  # type: ignore[no-untyped-call]

@@ -185,6 +185,14 @@ def test_every_script_and_multi_key_command_touches_one_slot(
     sim.remove_fault(failing)
     clock.advance(200)  # past the escalated hold (at most 132 s), within its grace
     assert runtime.prober().run().result.value == "success"
+    # Slow reads: the latency downgrade (the one guard script a read runs on its own).
+    slow = Runtime(dataclasses.replace(settings, latency_downgrade_ms=50), clock=clock)
+    lagging = sim.add_fault(Fault(method="GET", path=MEMORY, latency_ms=80))
+    for i in range(5):
+        sim.seed(f"slow-{i}", summary="s")
+        slow.fetch(f"slow-{i}", "summary")
+    assert slow.fetch("slow-0", "recent")[1]["source"] == "write_only_forced"
+    sim.remove_fault(lagging)
 
     # Writes: an enqueue and its duplicate, a failed attempt, a stored one, a redelivery.
     sent: list[dict[str, Any]] = []
