@@ -23,7 +23,7 @@ Each call has a total deadline (its budget), not the SDK's per-phase timeout:
 synchronous calls run on a small thread pool and the caller waits at most the
 budget, while the sockets under the call obey the same deadline
 (``zep_http``), so an abandoned call ends with it; asynchronous calls are
-cancelled by ``asyncio.wait_for``. Clients and their connection pools are built
+cancelled by ``asyncio.timeout``. Clients and their connection pools are built
 once per process (per event loop for the asynchronous side) and reused.
 
 Ids go into URL paths and are checked first: ``[A-Za-z0-9._:@-]{1,256}``, and

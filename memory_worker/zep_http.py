@@ -21,8 +21,9 @@ calls from threads and tasks never see each other's. Three layers use it:
 
 Both clients honour the environment's proxies as httpx does (``HTTP_PROXY``,
 ``HTTPS_PROXY``, ``ALL_PROXY``, ``NO_PROXY``, lower-case too). The asynchronous
-client keeps httpx's own transports, which read them: ``asyncio.wait_for``
-cancels the call at the deadline, which closes its connection. Handing httpx a
+client keeps httpx's own transports, which read them: ``asyncio.timeout``
+cancels the call at the deadline, in the caller's own task (no task of its own
+to start and wind up), which closes its connection. Handing httpx a
 transport of one's own turns that reading off, so the synchronous client mounts
 one deadline-bound transport per proxy that httpx's own reading of the
 environment names (``NO_PROXY`` patterns go straight to the direct transport),
@@ -132,15 +133,13 @@ async def acall(call: Call, function: Callable[[], Awaitable[_T]],
     the loop in that matching than in the calls themselves.
     """
 
-    async def scoped() -> _T:
-        token = _CURRENT.set(call)
-        try:
+    token = _CURRENT.set(call)
+    try:
+        async with asyncio.timeout(max(0.0, call.remaining())):
             async with gate:
                 return await function()
-        finally:
-            _CURRENT.reset(token)
-
-    return await asyncio.wait_for(scoped(), timeout=max(0.0, call.remaining()))
+    finally:
+        _CURRENT.reset(token)
 
 
 def parse_retry_after(value: str | None, now: float) -> float:
