@@ -121,7 +121,6 @@ return tostring((values[n / 2] + values[n / 2 + 1]) / 2)
 AFTER_READ_SHARED = "local KEYS = {'', unpack(KEYS)}\n" + AFTER_READ
 
 
-
 def _after_failure(after_read: str, after_read_keys: int) -> str:
     """The script after a read that failed with a guarded reason: ``after_read`` (its
     first ``after_read_keys`` KEYS, ten ARGV), then the downgrade script on the rest

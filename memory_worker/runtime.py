@@ -95,6 +95,14 @@ _REDIS_OP = {Snapshot: "cache", AfterRead: "cache", RunGuard: "guard", Pause: "r
 Bounded = AfterRead | RunGuard | Pause  # the Redis steps after the Zep call
 
 
+def _redis_op(step: Step) -> str:
+    """The ``op`` label of a step's Redis error: a failure's after-read script that
+    also carries the guard's count is counted as the guard's."""
+    if type(step) is AfterRead and step.guard is not None:
+        return "guard"
+    return _REDIS_OP.get(type(step), "cache")
+
+
 class Runtime:
     """Everything one process needs to read context; built once, shared by threads."""
 
@@ -352,7 +360,7 @@ class Runtime:
 
     def _redis_failed(self, step: Step) -> None:
         self._redis_down_until = time.monotonic() + REDIS_DOWN_BACKOFF_S
-        metrics.safe_inc(metrics.redis_errors, op=_REDIS_OP.get(type(step), "cache"))
+        metrics.safe_inc(metrics.redis_errors, op=_redis_op(step))
 
     def _timed_out(self, step: Bounded) -> None:
         """A step that ran out of time: Redis is blamed (taken off for a second) only
@@ -366,7 +374,7 @@ class Runtime:
 
     def _no_time_left(self, step: Step) -> None:
         """A step the budget left no time for: lost like a failed one, Redis not blamed."""
-        metrics.safe_inc(metrics.redis_errors, op=_REDIS_OP.get(type(step), "cache"))
+        metrics.safe_inc(metrics.redis_errors, op=_redis_op(step))
 
     # asynchronous
 

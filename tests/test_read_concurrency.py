@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 import redis
 import redis.asyncio as aredis
+from prometheus_client import REGISTRY
 
 from memory_worker.config import Settings
 from memory_worker.keys import Keys
@@ -124,6 +125,32 @@ def test_only_a_redis_step_that_had_its_whole_timeout_takes_the_process_off_redi
 
             assert asyncio.run(scenario()) is None
         assert (runtime._redis_down_until > 0) is blamed
+
+
+@pytest.mark.parametrize("side", ["sync", "async"])
+def test_a_lost_after_read_script_carrying_the_guards_count_is_the_guards_redis_error(
+    read_settings: Settings, side: str
+) -> None:
+    """A failed read's one script is its negative entry and its failure count: when Redis
+    does not answer it, ``memory_redis_errors_total`` counts it under ``op="guard"``."""
+    def errors(op: str) -> float:
+        return REGISTRY.get_sample_value("memory_redis_errors_total", {"op": op}) or 0.0
+
+    with silent_redis() as url:
+        runtime = Runtime(dataclasses.replace(read_settings, redis_url=url))
+        policy = runtime.policy
+        step = policy._after_read("ctx", "", 60, 0.01, policy.perf() + 0.2, success=False,
+                                  guard=runtime.guard.failure_call())
+        before = {op: errors(op) for op in ("guard", "cache")}
+        if side == "sync":
+            assert runtime._perform(step) is None
+        else:
+            async def scenario() -> Any:
+                return await runtime._aperform(step, runtime._async_redis())
+
+            assert asyncio.run(scenario()) is None
+        assert errors("guard") == before["guard"] + 1
+        assert errors("cache") == before["cache"]
 
 
 def test_an_async_zep_call_ends_early_by_what_the_loop_needs_to_wind_up_the_others(
