@@ -19,6 +19,7 @@ these are the bare-celery, in-flight and ETA versions.
 from __future__ import annotations
 
 import base64
+import configparser
 import json
 import signal
 import subprocess
@@ -37,7 +38,7 @@ from memory_worker.enqueue import Publisher
 from memory_worker.keys import Keys
 from memory_worker.messages import message_uuid
 from memory_worker.zep_sim import Fault, ZepSimulator
-from tests.processes import celery_process, wait_for, worker_args
+from tests.processes import ROOT, celery_process, wait_for, worker_args
 
 MEMORY = "*/sessions/*/memory"
 UNACKED = "unacked"  # kombu's Redis transport: delivered, not yet acknowledged
@@ -55,10 +56,24 @@ def worker(env: dict[str, str], log: Path, concurrency: int = 4
         yield proc
 
 
+def stop_wait_seconds() -> float:
+    """How long supervisord waits for the worker to stop warm before it kills it."""
+    conf = configparser.ConfigParser(interpolation=None)
+    conf.read(ROOT / "supervisord.conf", encoding="utf-8")
+    return conf.getfloat("program:memory_worker", "stopwaitsecs")
+
+
 def stop_warm(proc: subprocess.Popen[bytes], log: Path) -> None:
-    """TERM to the master only; it must end by itself, with exit code 0."""
+    """TERM to the master only; it must end by itself, with exit code 0, within the time
+    the deployment gives it (supervisord's ``stopwaitsecs``).
+
+    Its running writes end within seconds here; now and then Celery's warm shutdown
+    on a Redis broker then waits about 30 s more before it restores the message it
+    had fetched last (seen in two full runs of the suite out of five, never in a
+    test run alone); nothing is lost, and it is within ``stopwaitsecs``."""
     proc.send_signal(signal.SIGTERM)
-    wait_for(lambda: proc.poll() is not None, 30, "the worker to stop warm", interval=0.1)
+    wait_for(lambda: proc.poll() is not None, stop_wait_seconds(), "the worker to stop warm",
+             interval=0.1)
     assert proc.returncode == 0, log.read_text()[-2000:]
     assert "Warm shutdown" in log.read_text()
 
@@ -91,7 +106,7 @@ def settled(conn: redis.Redis) -> bool:
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(120)
+@pytest.mark.timeout(180)
 def test_term_under_load_finishes_the_writes_in_flight_and_loses_no_message(
     env: dict[str, str], publisher: Publisher, conn: redis.Redis, sim: ZepSimulator,
     keys: Keys, tmp_path: Path,
@@ -145,7 +160,7 @@ def held_retry(conn: redis.Redis) -> tuple[str, float] | None:
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(120)
+@pytest.mark.timeout(180)
 def test_term_while_a_retry_waits_for_its_countdown_requeues_it_with_its_eta(
     env: dict[str, str], publisher: Publisher, conn: redis.Redis, sim: ZepSimulator,
     keys: Keys, tmp_path: Path,
