@@ -116,15 +116,19 @@ def test_only_a_redis_step_that_had_its_whole_timeout_takes_the_process_off_redi
     nothing about Redis; one that waited its full 50 ms socket timeout does."""
     with silent_redis() as url:
         runtime = Runtime(dataclasses.replace(read_settings, redis_url=url))
-        step = RunGuard(runtime.guard.failure_call(), budget_s)
-        if side == "sync":
-            assert runtime._perform(step) is None
-        else:
-            async def scenario() -> Any:
-                return await runtime._aperform(step, runtime._async_redis())
-
-            assert asyncio.run(scenario()) is None
+        assert perform(runtime, RunGuard(runtime.guard.failure_call(), budget_s), side) is None
         assert (runtime._redis_down_until > 0) is blamed
+
+
+def perform(runtime: Runtime, step: Any, side: str) -> Any:
+    """``step`` performed as a synchronous read performs it, or on an event loop."""
+    if side == "sync":
+        return runtime._perform(step)
+
+    async def scenario() -> Any:
+        return await runtime._aperform(step, runtime._async_redis())
+
+    return asyncio.run(scenario())
 
 
 @pytest.mark.parametrize("side", ["sync", "async"])
@@ -142,13 +146,7 @@ def test_a_lost_after_read_script_carrying_the_guards_count_is_the_guards_redis_
         step = policy._after_read("ctx", "", 60, 0.01, policy.perf() + 0.2, success=False,
                                   guard=runtime.guard.failure_call())
         before = {op: errors(op) for op in ("guard", "cache")}
-        if side == "sync":
-            assert runtime._perform(step) is None
-        else:
-            async def scenario() -> Any:
-                return await runtime._aperform(step, runtime._async_redis())
-
-            assert asyncio.run(scenario()) is None
+        assert perform(runtime, step, side) is None
         assert errors("guard") == before["guard"] + 1
         assert errors("cache") == before["cache"]
 
