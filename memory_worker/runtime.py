@@ -95,6 +95,22 @@ _REDIS_OP = {Snapshot: "cache", AfterRead: "cache", RunGuard: "guard", Pause: "r
 Bounded = AfterRead | RunGuard | Pause  # the Redis steps after the Zep call
 
 
+def _on_connection(pool: redis.ConnectionPool, *command: Any) -> Any:
+    """``command``'s reply, sent on a connection of ``pool`` directly: the command
+    wrapper's retry closure and observability hooks cost a tenth of a round trip. A
+    connection that failed is closed before it goes back to the pool, as the wrapper
+    would; an error reply leaves it sound."""
+    conn = pool.get_connection()
+    try:
+        conn.send_command(*command)  # type: ignore[no-untyped-call]
+        return conn.read_response()
+    except (redis.ConnectionError, redis.TimeoutError):
+        conn.disconnect()  # type: ignore[no-untyped-call]
+        raise
+    finally:
+        pool.release(conn)
+
+
 def _redis_op(step: Step) -> str:
     """The ``op`` label of a step's Redis error: a failure's after-read script that
     also carries the guard's count is counted as the guard's."""
@@ -237,33 +253,19 @@ class Runtime:
             return result
 
     def _snapshot(self, keys: list[str]) -> list[Any] | None:
-        """The one ``MGET``, on a connection of the pool; None when Redis fails.
-
-        Sent on the pool's connection directly rather than through
-        ``Redis.execute_command``: this client never retries, and the command
-        wrapper (retry closure, observability hooks, response callbacks) costs
-        about as much as a tenth of the round trip. A connection that failed
-        is closed before it goes back to the pool, as the wrapper would.
-        """
+        """The one ``MGET``, on a connection of the pool (``_on_connection``: this
+        client never retries, so the command wrapper would only cost time); None
+        when Redis fails."""
         if time.monotonic() < self._redis_down_until:
             return None
         pool = self._pool
         if pool is None:
             return self._slot_snapshot(keys)
         try:
-            conn = pool.get_connection()
+            reply: list[Any] = _on_connection(pool, "MGET", *keys)
         except redis.RedisError:
             self._redis_failed(Snapshot(keys))
             return None
-        try:
-            conn.send_command("MGET", *keys)  # type: ignore[no-untyped-call]
-            reply: list[Any] = conn.read_response()
-        except redis.RedisError:
-            conn.disconnect()  # type: ignore[no-untyped-call]
-            self._redis_failed(Snapshot(keys))
-            return None
-        finally:
-            pool.release(conn)
         return reply
 
     def _slot_snapshot(self, keys: list[str]) -> list[Any] | None:
@@ -323,27 +325,16 @@ class Runtime:
             return None
 
     def _eval(self, script: Script, keys: list[str], args: list[Any]) -> Any:
-        """``script``'s reply, sent on a connection of the bounded pool directly, as
-        ``_snapshot`` sends its ``MGET`` (the command wrapper's retry closure and
-        observability hooks cost a tenth of the round trip); ``EVAL`` once when Redis
-        does not know the script (it restarted, or its scripts were flushed). A
-        cluster's client sends it to the node of its keys' slot."""
+        """``script``'s reply, on a connection of the bounded pool (``_on_connection``);
+        ``EVAL`` once when Redis does not know the script (it restarted, or its
+        scripts were flushed). A cluster's client sends it to its keys' node."""
         pool = self._bounded_pool
         if pool is None:
             return script(keys=keys, args=args)
-        conn = pool.get_connection()
         try:
-            conn.send_command("EVALSHA", script.sha, len(keys), *keys, *args)  # type: ignore[no-untyped-call]
-            try:
-                return conn.read_response()
-            except NoScriptError:
-                conn.send_command("EVAL", script.script, len(keys), *keys, *args)  # type: ignore[no-untyped-call]
-                return conn.read_response()
-        except (redis.ConnectionError, redis.TimeoutError):
-            conn.disconnect()  # type: ignore[no-untyped-call]
-            raise
-        finally:
-            pool.release(conn)
+            return _on_connection(pool, "EVALSHA", script.sha, len(keys), *keys, *args)
+        except NoScriptError:
+            return _on_connection(pool, "EVAL", script.script, len(keys), *keys, *args)
 
     def _after_read_by_slot(self, step: AfterRead) -> Any:
         """``AfterRead`` on a Redis Cluster: the entry's ``SET``, then ``AFTER_READ_SHARED``
